@@ -1,0 +1,12 @@
+//! Lanyard's HTTP side: configuration, telemetry, the axum router and its handlers.
+//!
+//! Invariant: this is the only crate that knows HTTP, cookies and status codes. Handlers hold no
+//! state of their own: everything lives in the `Store`, reached through [`AppState`].
+
+pub mod config;
+mod health;
+mod serve;
+pub mod telemetry;
+
+pub use config::Config;
+pub use serve::{AppState, router, serve};

@@ -1,0 +1,344 @@
+//! What both backends share: row types, their conversion into domain types, and `impl_store!`,
+//! which implements `Store` once for each pool type with the same SQL.
+
+use lanyard_core::audit::AuditEvent;
+use lanyard_core::client::{Client, ClientId, GrantType, IdTokenAlg};
+use lanyard_core::user::{DisplayName, Email, User, UserId, Username};
+use lanyard_core::{StoreError, UnixTime};
+
+// Column lists as macros, so statements stay `&'static str` (sqlx refuses built strings).
+macro_rules! user_columns {
+    () => {
+        "id, username, email, display_name, password_hash, disabled, created_at"
+    };
+}
+macro_rules! client_columns {
+    () => {
+        "id, name, secret_hash, public, redirect_uris, post_logout_redirect_uris, \
+         backchannel_logout_uri, frontchannel_logout_uri, grant_types, id_token_alg, \
+         skip_consent, created_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct UserRow {
+    id: String,
+    username: String,
+    email: String,
+    display_name: Option<String>,
+    password_hash: String,
+    disabled: bool,
+    created_at: i64,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User {
+            id: UserId::from_stored(r.id),
+            username: Username::from_stored(r.username),
+            email: Email::from_stored(r.email),
+            display_name: r.display_name.map(DisplayName::from_stored),
+            password_hash: r.password_hash,
+            disabled: r.disabled,
+            created_at: UnixTime::from_secs(r.created_at),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClientRow {
+    id: String,
+    name: String,
+    secret_hash: Option<String>,
+    public: bool,
+    redirect_uris: String,
+    post_logout_redirect_uris: String,
+    backchannel_logout_uri: Option<String>,
+    frontchannel_logout_uri: Option<String>,
+    grant_types: String,
+    id_token_alg: String,
+    skip_consent: bool,
+    created_at: i64,
+}
+
+impl TryFrom<ClientRow> for Client {
+    type Error = StoreError;
+    fn try_from(r: ClientRow) -> Result<Self, StoreError> {
+        let corrupt = |e: lanyard_core::client::ClientInputError| {
+            StoreError::Internal(format!("client {} has a corrupt row: {e}", r.id))
+        };
+        let grant_types = split(&r.grant_types)
+            .map(str::parse::<GrantType>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        let id_token_alg = r.id_token_alg.parse::<IdTokenAlg>().map_err(corrupt)?;
+        Ok(Client {
+            id: ClientId::from_stored(r.id),
+            name: r.name,
+            secret_hash: r.secret_hash,
+            public: r.public,
+            redirect_uris: split(&r.redirect_uris).map(str::to_owned).collect(),
+            post_logout_redirect_uris: split(&r.post_logout_redirect_uris)
+                .map(str::to_owned)
+                .collect(),
+            backchannel_logout_uri: r.backchannel_logout_uri,
+            frontchannel_logout_uri: r.frontchannel_logout_uri,
+            grant_types,
+            id_token_alg,
+            skip_consent: r.skip_consent,
+            created_at: UnixTime::from_secs(r.created_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    id: i64,
+    at: i64,
+    kind: String,
+    user_id: Option<String>,
+    client_id: Option<String>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    detail: String,
+}
+
+impl From<AuditRow> for AuditEvent {
+    fn from(r: AuditRow) -> Self {
+        AuditEvent {
+            id: r.id,
+            at: UnixTime::from_secs(r.at),
+            kind: r.kind,
+            user_id: r.user_id,
+            client_id: r.client_id,
+            ip: r.ip,
+            user_agent: r.user_agent,
+            detail: r.detail,
+        }
+    }
+}
+
+fn split(list: &str) -> impl Iterator<Item = &str> {
+    list.split(' ').filter(|s| !s.is_empty())
+}
+
+pub(crate) fn join<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    items.into_iter().collect::<Vec<_>>().join(" ")
+}
+
+/// Implements `lanyard_core::Store` for a struct with a `pool: sqlx::Pool<$db>` field.
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $backend:literal) => {
+        use lanyard_core::audit::{AuditEvent, NewAuditEvent};
+        use lanyard_core::client::{Client, ClientId};
+        use lanyard_core::user::{NewUser, User, UserId, Username};
+
+        use crate::error::{conflict_or, from_sqlx};
+        use crate::shared::{AuditRow, ClientRow, UserRow, join};
+
+        async fn insert_audit(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            e: &NewAuditEvent,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO audit_events (at, kind, user_id, client_id, ip, user_agent, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(e.at.as_secs())
+            .bind(e.kind.as_str())
+            .bind(e.user_id.as_deref())
+            .bind(e.client_id.as_deref())
+            .bind(e.actor.ip.as_deref())
+            .bind(e.actor.user_agent.as_deref())
+            .bind(e.detail.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+            Ok(())
+        }
+
+        #[async_trait::async_trait]
+        impl lanyard_core::Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await.map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn create_user(&self, u: &NewUser, e: &NewAuditEvent) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                sqlx::query(
+                    "INSERT INTO users (id, username, email, display_name, password_hash, \
+                     disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6)",
+                )
+                .bind(u.id.as_str())
+                .bind(u.username.as_str())
+                .bind(u.email.as_str())
+                .bind(u.display_name.as_ref().map(|d| d.as_str()))
+                .bind(u.password_hash.as_str())
+                .bind(u.created_at.as_secs())
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| {
+                    conflict_or(err, || format!("a user named {:?} already exists", u.username.as_str()))
+                })?;
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)
+            }
+
+            async fn user_by_username(&self, username: &Username) -> Result<Option<User>, StoreError> {
+                let row = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1"))
+                    .bind(username.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(row.map(User::from))
+            }
+
+            async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+                let row = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(row.map(User::from))
+            }
+
+            async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+                let rows = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users ORDER BY username"))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(rows.into_iter().map(User::from).collect())
+            }
+
+            async fn disable_user(&self, id: &UserId, e: &NewAuditEvent) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let done = sqlx::query("UPDATE users SET disabled = TRUE, updated_at = $2 WHERE id = $1")
+                    .bind(id.as_str())
+                    .bind(e.at.as_secs())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?
+                    .rows_affected();
+                if done == 0 {
+                    return Ok(false);
+                }
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(true)
+            }
+
+            async fn set_password_hash(
+                &self,
+                id: &UserId,
+                hash: &str,
+                e: &NewAuditEvent,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let done =
+                    sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
+                        .bind(id.as_str())
+                        .bind(hash)
+                        .bind(e.at.as_secs())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(from_sqlx)?
+                        .rows_affected();
+                if done == 0 {
+                    return Ok(false);
+                }
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(true)
+            }
+
+            async fn create_client(&self, c: &Client, e: &NewAuditEvent) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                sqlx::query(concat!(
+                    "INSERT INTO clients (",
+                    client_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ))
+                    .bind(c.id.as_str())
+                    .bind(c.name.as_str())
+                    .bind(c.secret_hash.as_deref())
+                    .bind(c.public)
+                    .bind(join(c.redirect_uris.iter().map(String::as_str)))
+                    .bind(join(c.post_logout_redirect_uris.iter().map(String::as_str)))
+                    .bind(c.backchannel_logout_uri.as_deref())
+                    .bind(c.frontchannel_logout_uri.as_deref())
+                    .bind(join(c.grant_types.iter().map(|g| g.as_str())))
+                    .bind(c.id_token_alg.as_str())
+                    .bind(c.skip_consent)
+                    .bind(c.created_at.as_secs())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|err| {
+                        conflict_or(err, || format!("a client named {:?} already exists", c.name))
+                    })?;
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)
+            }
+
+            async fn client_by_id(&self, id: &ClientId) -> Result<Option<Client>, StoreError> {
+                let row = sqlx::query_as::<_, ClientRow>(concat!("SELECT ", client_columns!(), " FROM clients WHERE id = $1"))
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                row.map(Client::try_from).transpose()
+            }
+
+            async fn list_clients(&self) -> Result<Vec<Client>, StoreError> {
+                let rows = sqlx::query_as::<_, ClientRow>(concat!("SELECT ", client_columns!(), " FROM clients ORDER BY name"))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                rows.into_iter().map(Client::try_from).collect()
+            }
+
+            async fn remove_client(&self, id: &ClientId, e: &NewAuditEvent) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let done = sqlx::query("DELETE FROM clients WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?
+                    .rows_affected();
+                if done == 0 {
+                    return Ok(false);
+                }
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(true)
+            }
+
+            async fn append_audit(&self, e: &NewAuditEvent) -> Result<(), StoreError> {
+                let mut conn = self.pool.acquire().await.map_err(from_sqlx)?;
+                insert_audit(&mut conn, e).await
+            }
+
+            async fn list_audit(
+                &self,
+                user: Option<&UserId>,
+                limit: u32,
+            ) -> Result<Vec<AuditEvent>, StoreError> {
+                let rows = sqlx::query_as::<_, AuditRow>(
+                    "SELECT id, at, kind, user_id, client_id, ip, user_agent, detail \
+                     FROM audit_events WHERE ($1 IS NULL OR user_id = $1) \
+                     ORDER BY id DESC LIMIT $2",
+                )
+                .bind(user.map(|u| u.as_str()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(rows.into_iter().map(AuditEvent::from).collect())
+            }
+        }
+    };
+}

@@ -1,0 +1,42 @@
+//! SQLite: one file, WAL so readers do not block the writer, a busy timeout instead of instant
+//! "database is locked" errors, and foreign keys on (SQLite leaves them off by default).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use lanyard_core::StoreError;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::DbOptions;
+use crate::error::open_error;
+
+pub(crate) struct SqliteStore {
+    pool: sqlx::SqlitePool,
+}
+
+impl SqliteStore {
+    pub(crate) async fn open(url: &str, options: &DbOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| open_error(url, e))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        sqlx::migrate!("../../migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| {
+                StoreError::Internal(format!("migrating the SQLite database failed: {e}"))
+            })?;
+        Ok(Self { pool })
+    }
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");

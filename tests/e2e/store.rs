@@ -1,0 +1,378 @@
+//! The storage contract: what every `Store` backend must do, run against the backend under test.
+
+use lanyard_core::audit::{AuditKind, NewAuditEvent};
+use lanyard_core::client::{ClientId, ClientRegistration, GrantType, IdTokenAlg};
+use lanyard_core::user::{DisplayName, Email, NewUser, UserId, Username};
+use lanyard_core::{StoreError, UnixTime};
+
+use crate::harness::TestDb;
+
+fn new_user(name: &str, at: i64) -> NewUser {
+    NewUser {
+        id: UserId::generate().unwrap(),
+        username: Username::parse(name).unwrap(),
+        email: Email::parse(&format!("{name}@example.org")).unwrap(),
+        display_name: Some(DisplayName::parse("Test Person").unwrap()),
+        password_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        created_at: UnixTime::from_secs(at),
+    }
+}
+
+fn event(kind: AuditKind, at: i64) -> NewAuditEvent {
+    NewAuditEvent::new(UnixTime::from_secs(at), kind)
+}
+
+fn registration(name: &str) -> ClientRegistration {
+    ClientRegistration {
+        name: name.into(),
+        redirect_uris: vec![
+            "https://app.example/cb".into(),
+            "http://localhost:3000/cb".into(),
+        ],
+        post_logout_redirect_uris: vec!["https://app.example/bye".into()],
+        backchannel_logout_uri: Some("https://app.example/bc".into()),
+        frontchannel_logout_uri: None,
+        public: false,
+        skip_consent: true,
+        id_token_alg: IdTokenAlg::ES256,
+        grant_types: vec![GrantType::AuthorizationCode, GrantType::ClientCredentials],
+    }
+}
+
+#[tokio::test]
+async fn users_round_trip() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let ada = new_user("ada", 100);
+    let bob = new_user("bob", 200);
+    store
+        .create_user(&bob, &event(AuditKind::UserCreated, 200))
+        .await
+        .unwrap();
+    store
+        .create_user(&ada, &event(AuditKind::UserCreated, 100))
+        .await
+        .unwrap();
+
+    let found = store
+        .user_by_username(&Username::parse("ADA").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, ada.id);
+    assert_eq!(found.email.as_str(), "ada@example.org");
+    assert_eq!(found.display_name.as_ref().unwrap().as_str(), "Test Person");
+    assert_eq!(found.password_hash, ada.password_hash);
+    assert!(!found.disabled);
+    assert_eq!(found.created_at, UnixTime::from_secs(100));
+    assert_eq!(
+        store
+            .user_by_id(&bob.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .username
+            .as_str(),
+        "bob"
+    );
+    assert!(
+        store
+            .user_by_username(&Username::parse("carol").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .user_by_id(&UserId::from_stored("nope".into()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let names: Vec<_> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username.to_string())
+        .collect();
+    assert_eq!(names, ["ada", "bob"]);
+}
+
+#[tokio::test]
+async fn a_taken_username_conflicts_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let first = new_user("ada", 1);
+    store
+        .create_user(
+            &first,
+            &event(AuditKind::UserCreated, 1).user(first.id.as_str()),
+        )
+        .await
+        .unwrap();
+    let again = new_user("Ada", 2);
+    let err = store
+        .create_user(
+            &again,
+            &event(AuditKind::UserCreated, 2).user(again.id.as_str()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("ada")),
+        "{err:?}"
+    );
+    assert_eq!(store.list_users().await.unwrap().len(), 1);
+    // The audit event of the failed write was rolled back with it.
+    let events = store.list_audit(None, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].user_id.as_deref(), Some(first.id.as_str()));
+}
+
+#[tokio::test]
+async fn disabling_and_changing_passwords() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let ada = new_user("ada", 1);
+    store
+        .create_user(&ada, &event(AuditKind::UserCreated, 1))
+        .await
+        .unwrap();
+
+    let unknown = UserId::from_stored("unknown".into());
+    assert!(
+        !store
+            .disable_user(&unknown, &event(AuditKind::UserDisabled, 2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_password_hash(&unknown, "h", &event(AuditKind::PasswordChanged, 2))
+            .await
+            .unwrap()
+    );
+    // Nothing happened, so nothing was audited.
+    assert_eq!(store.list_audit(None, 10).await.unwrap().len(), 1);
+
+    assert!(
+        store
+            .set_password_hash(&ada.id, "new-hash", &event(AuditKind::PasswordChanged, 3))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .disable_user(&ada.id, &event(AuditKind::UserDisabled, 4))
+            .await
+            .unwrap()
+    );
+    let u = store.user_by_id(&ada.id).await.unwrap().unwrap();
+    assert!(u.disabled);
+    assert_eq!(u.password_hash, "new-hash");
+    let kinds: Vec<_> = store
+        .list_audit(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["user.disabled", "user.password_changed", "user.created"]
+    );
+}
+
+#[tokio::test]
+async fn clients_round_trip() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let valid = registration("Wiki")
+        .validate(UnixTime::from_secs(5))
+        .unwrap();
+    store
+        .create_client(&valid.client, &event(AuditKind::ClientCreated, 5))
+        .await
+        .unwrap();
+
+    let mut public = registration("Notes");
+    public.public = true;
+    public.grant_types = vec![];
+    public.backchannel_logout_uri = None;
+    public.frontchannel_logout_uri = Some("https://notes.example/fc".into());
+    let public = public.validate(UnixTime::from_secs(6)).unwrap();
+    store
+        .create_client(&public.client, &event(AuditKind::ClientCreated, 6))
+        .await
+        .unwrap();
+
+    let c = store.client_by_id(&valid.client.id).await.unwrap().unwrap();
+    assert_eq!(c.name, "Wiki");
+    assert!(!c.public);
+    assert_eq!(
+        c.redirect_uris,
+        ["https://app.example/cb", "http://localhost:3000/cb"]
+    );
+    assert_eq!(c.post_logout_redirect_uris, ["https://app.example/bye"]);
+    assert_eq!(
+        c.backchannel_logout_uri.as_deref(),
+        Some("https://app.example/bc")
+    );
+    assert_eq!(c.frontchannel_logout_uri, None);
+    assert_eq!(
+        c.grant_types,
+        [GrantType::AuthorizationCode, GrantType::ClientCredentials]
+    );
+    assert_eq!(c.id_token_alg, IdTokenAlg::ES256);
+    assert!(c.skip_consent);
+    assert_eq!(c.created_at, UnixTime::from_secs(5));
+    // Only the digest is stored, and it still recognises the secret.
+    let secret = secrecy::ExposeSecret::expose_secret(valid.secret.as_ref().unwrap()).to_owned();
+    assert_ne!(c.secret_hash.as_deref(), Some(secret.as_str()));
+    assert!(c.secret_matches(&secret));
+
+    let p = store
+        .client_by_id(&public.client.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(p.public && p.secret_hash.is_none());
+    assert_eq!(
+        p.grant_types,
+        [GrantType::AuthorizationCode, GrantType::RefreshToken]
+    );
+    assert_eq!(
+        p.frontchannel_logout_uri.as_deref(),
+        Some("https://notes.example/fc")
+    );
+
+    let names: Vec<_> = store
+        .list_clients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["Notes", "Wiki"]);
+}
+
+#[tokio::test]
+async fn a_taken_client_name_conflicts_and_removal_is_exact() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let a = registration("Wiki")
+        .validate(UnixTime::from_secs(1))
+        .unwrap();
+    store
+        .create_client(&a.client, &event(AuditKind::ClientCreated, 1))
+        .await
+        .unwrap();
+    let b = registration("Wiki")
+        .validate(UnixTime::from_secs(2))
+        .unwrap();
+    let err = store
+        .create_client(&b.client, &event(AuditKind::ClientCreated, 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("Wiki")),
+        "{err:?}"
+    );
+    assert_eq!(store.list_audit(None, 10).await.unwrap().len(), 1);
+
+    let unknown = ClientId::from_stored("unknown".into());
+    assert!(
+        !store
+            .remove_client(&unknown, &event(AuditKind::ClientRemoved, 3))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .remove_client(&a.client.id, &event(AuditKind::ClientRemoved, 3))
+            .await
+            .unwrap()
+    );
+    assert!(store.client_by_id(&a.client.id).await.unwrap().is_none());
+    assert!(store.list_clients().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn audit_log_newest_first_by_user_and_limited() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let ada = new_user("ada", 1);
+    store
+        .create_user(
+            &ada,
+            &event(AuditKind::UserCreated, 1).user(ada.id.as_str()),
+        )
+        .await
+        .unwrap();
+    let mut e = event(AuditKind::PasswordChanged, 2)
+        .user(ada.id.as_str())
+        .detail("from test");
+    e.actor.ip = Some("192.0.2.7".into());
+    e.actor.user_agent = Some("Firefox".into());
+    store.append_audit(&e).await.unwrap();
+    store
+        .append_audit(&event(AuditKind::ClientCreated, 3).client("c1"))
+        .await
+        .unwrap();
+
+    let all = store.list_audit(None, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["client.created", "user.password_changed", "user.created"]
+    );
+    assert_eq!(all[0].client_id.as_deref(), Some("c1"));
+    assert_eq!(all[1].ip.as_deref(), Some("192.0.2.7"));
+    assert_eq!(all[1].user_agent.as_deref(), Some("Firefox"));
+    assert_eq!(all[1].detail, "from test");
+    assert_eq!(all[1].at, UnixTime::from_secs(2));
+
+    let adas = store.list_audit(Some(&ada.id), 10).await.unwrap();
+    assert_eq!(adas.len(), 2);
+    assert!(
+        adas.iter()
+            .all(|e| e.user_id.as_deref() == Some(ada.id.as_str()))
+    );
+    assert_eq!(store.list_audit(None, 1).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn reopening_migrates_once_and_keeps_data() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    store
+        .create_user(&new_user("ada", 1), &event(AuditKind::UserCreated, 1))
+        .await
+        .unwrap();
+    drop(store);
+    let again = db.store().await;
+    again.ping().await.unwrap();
+    assert_eq!(again.list_users().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_runs_in_wal_mode() {
+    let db = TestDb::new().await;
+    if db.is_postgres() {
+        return;
+    }
+    let _store = db.store().await;
+    let path = db.dir.path().join("lanyard.db");
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        path.display()
+    ))
+    .await
+    .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
