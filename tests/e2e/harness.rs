@@ -69,6 +69,12 @@ impl Drop for TestDb {
                 .unwrap();
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
+                    // Never wait long: a server task of the test may still hold a lock, and it
+                    // cannot finish while this thread blocks the test's runtime. CI drops the
+                    // scratch database at the end anyway.
+                    let _ = sqlx::raw_sql("SET lock_timeout = '2s'")
+                        .execute(&mut conn)
+                        .await;
                     let sql =
                         sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
                     let _ = sqlx::raw_sql(sql).execute(&mut conn).await;
@@ -104,12 +110,8 @@ pub fn run(cmd: &mut Command, stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // The command may exit before reading its input (bad arguments): a closed pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -125,4 +127,226 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// Lanyard in this process on a random port, with a clock the test moves.
+pub struct TestServer {
+    pub base: String,
+    pub clock: Arc<lanyard_core::ManualClock>,
+    pub store: Arc<dyn Store>,
+    pub state: lanyard_server::AppState,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The time test servers start at: 2026-01-01T00:00:00Z.
+pub const START: i64 = 1_767_225_600;
+
+impl TestServer {
+    pub async fn start(db: &TestDb, configure: impl FnOnce(&mut lanyard_server::Config)) -> Self {
+        let mut config = lanyard_server::Config {
+            database_url: db.url.clone(),
+            ..Default::default()
+        };
+        config.password.memory_kib = 64;
+        config.password.iterations = 1;
+        configure(&mut config);
+        let clock = Arc::new(lanyard_core::ManualClock::new(
+            lanyard_core::UnixTime::from_secs(START),
+        ));
+        let store = db.store().await;
+        let state = lanyard_server::AppState::new(store.clone(), clock.clone(), config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(lanyard_server::serve(state.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            base,
+            clock,
+            store,
+            state,
+            _stop: tx,
+        }
+    }
+
+    pub fn advance(&self, secs: u64) {
+        self.clock.advance(std::time::Duration::from_secs(secs));
+    }
+
+    /// Creates a user with this password directly in the store.
+    pub async fn add_user(&self, username: &str, password: &str) -> lanyard_core::user::UserId {
+        use lanyard_core::audit::{AuditKind, NewAuditEvent};
+        use lanyard_core::user::{Email, NewUser, UserId, Username};
+        let hash = self
+            .state
+            .passwords
+            .hasher()
+            .hash(&secrecy::SecretString::from(password.to_owned()))
+            .unwrap();
+        let user = NewUser {
+            id: UserId::generate().unwrap(),
+            username: Username::parse(username).unwrap(),
+            email: Email::parse(&format!("{username}@example.org")).unwrap(),
+            display_name: None,
+            password_hash: hash,
+            created_at: lanyard_core::UnixTime::from_secs(START),
+        };
+        let e = NewAuditEvent::new(
+            lanyard_core::UnixTime::from_secs(START),
+            AuditKind::UserCreated,
+        );
+        self.store.create_user(&user, &e).await.unwrap();
+        user.id
+    }
+}
+
+/// A browser: keeps cookies by hand (so tests can tamper with them), follows no redirects,
+/// and can come from another loopback address.
+pub struct Browser {
+    http: reqwest::Client,
+    pub base: String,
+    pub cookies: std::collections::BTreeMap<String, String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> Option<&str> {
+        self.headers.get("location").and_then(|v| v.to_str().ok())
+    }
+
+    /// The value of the first hidden `csrf` field.
+    pub fn csrf(&self) -> String {
+        field(&self.body, "csrf").expect("no csrf field on the page")
+    }
+
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// The value of the first input named `name`.
+pub fn field(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\" value=\""))?;
+    let rest = &html[at + name.len() + 15..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+impl Browser {
+    pub fn new(server: &TestServer) -> Self {
+        Self::from_ip(server, "127.0.0.1")
+    }
+
+    pub fn from_ip(server: &TestServer, ip: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .user_agent("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0")
+            .build()
+            .unwrap();
+        Self {
+            http,
+            base: server.base.clone(),
+            cookies: Default::default(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let req = if self.cookies.is_empty() {
+            req
+        } else {
+            req.header("cookie", self.cookie_header())
+        };
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        for c in headers.get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (pair, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let body = r.text().await.unwrap();
+        assert!(status != 500, "server error: {body}");
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let req = self.http.get(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let req = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.send(req).await
+    }
+
+    pub async fn post_with(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        header: (&str, &str),
+    ) -> Page {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .form(form)
+            .header(header.0, header.1);
+        self.send(req).await
+    }
+
+    /// Loads the login page and signs in; returns the answer to the POST.
+    pub async fn sign_in(&mut self, username: &str, password: &str) -> Page {
+        let page = self.get("/login").await;
+        let csrf = page.csrf();
+        self.post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("username", username),
+                ("password", password),
+            ],
+        )
+        .await
+    }
+
+    pub fn session_cookie(&self) -> Option<String> {
+        self.cookies.get("lanyard_session").cloned()
+    }
+}
+
+/// Strings from one SQL query on the test's database, whichever backend it is.
+pub async fn query_strings(db: &TestDb, sql: &'static str) -> Vec<String> {
+    if db.is_postgres() {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_all(&mut c).await.unwrap()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_all(&mut c).await.unwrap()
+    }
 }

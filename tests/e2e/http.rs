@@ -1,30 +1,12 @@
 //! The server over real HTTP: in-process on port 0, and the `lanyard serve` binary.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_core::SystemClock;
-use lanyard_server::{AppState, Config};
+use crate::harness::{TestDb, TestServer, lanyard};
 
-use crate::harness::{TestDb, lanyard};
-
-async fn spawn(db: &TestDb) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let config = Config {
-        database_url: db.url.clone(),
-        ..Config::default()
-    };
-    let state = AppState {
-        store: db.store().await,
-        clock: Arc::new(SystemClock),
-        config: Arc::new(config),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(lanyard_server::serve(state, listener, async {
-        let _ = rx.await;
-    }));
-    (base, tx)
+async fn spawn(db: &TestDb) -> (String, TestServer) {
+    let server = TestServer::start(db, |_| {}).await;
+    (server.base.clone(), server)
 }
 
 #[tokio::test]

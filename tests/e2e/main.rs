@@ -9,4 +9,5 @@
 mod cli;
 mod harness;
 mod http;
+mod sessions;
 mod store;

@@ -150,7 +150,7 @@ async fn disabling_and_changing_passwords() {
     );
     assert!(
         !store
-            .set_password_hash(&unknown, "h", &event(AuditKind::PasswordChanged, 2))
+            .set_password_hash(&unknown, "h", None, &event(AuditKind::PasswordChanged, 2))
             .await
             .unwrap()
     );
@@ -159,7 +159,12 @@ async fn disabling_and_changing_passwords() {
 
     assert!(
         store
-            .set_password_hash(&ada.id, "new-hash", &event(AuditKind::PasswordChanged, 3))
+            .set_password_hash(
+                &ada.id,
+                "new-hash",
+                None,
+                &event(AuditKind::PasswordChanged, 3)
+            )
             .await
             .unwrap()
     );

@@ -13,6 +13,11 @@ pub enum AuditKind {
     PasswordChanged,
     ClientCreated,
     ClientRemoved,
+    SignInSucceeded,
+    SignInFailed,
+    SignInThrottled,
+    SessionStarted,
+    SessionEnded,
 }
 
 impl AuditKind {
@@ -23,6 +28,11 @@ impl AuditKind {
             Self::PasswordChanged => "user.password_changed",
             Self::ClientCreated => "client.created",
             Self::ClientRemoved => "client.removed",
+            Self::SignInSucceeded => "signin.succeeded",
+            Self::SignInFailed => "signin.failed",
+            Self::SignInThrottled => "signin.throttled",
+            Self::SessionStarted => "session.started",
+            Self::SessionEnded => "session.ended",
         }
     }
 }

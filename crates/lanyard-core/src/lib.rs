@@ -10,7 +10,9 @@ pub mod client;
 pub mod clock;
 pub mod password;
 pub mod secret;
+pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod user;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};

@@ -37,6 +37,10 @@ pub enum PasswordError {
     TooShort(usize),
     #[error("the password must be at most 1024 characters")]
     TooLong,
+    #[error("that password is one of the most common, and among the first an attacker tries")]
+    Common,
+    #[error("the password must not be the username")]
+    SameAsUsername,
     #[error("invalid argon2 parameters: {0}")]
     Params(String),
     #[error("password hashing failed: {0}")]
@@ -89,6 +93,23 @@ impl PasswordHasher {
         Ok(())
     }
 
+    /// Checks a new password for `username`: the policy, then the passwords attackers try first.
+    pub fn check_new_for(
+        &self,
+        password: &SecretString,
+        username: &str,
+    ) -> Result<(), PasswordError> {
+        self.check_new(password)?;
+        let lower = password.expose_secret().to_lowercase();
+        if lower == username.to_lowercase() {
+            return Err(PasswordError::SameAsUsername);
+        }
+        if is_common(&lower) {
+            return Err(PasswordError::Common);
+        }
+        Ok(())
+    }
+
     /// A PHC string for `password` with a fresh random salt.
     pub fn hash(&self, password: &SecretString) -> Result<String, PasswordError> {
         self.argon2
@@ -123,6 +144,13 @@ impl PasswordHasher {
             && param("t") == Some(p.iterations)
             && param("p") == Some(p.parallelism)
     }
+}
+
+/// Passwords from public breach-frequency lists, lowercased; shorter ones fail the length rule.
+const COMMON: &str = include_str!("common_passwords.txt");
+
+fn is_common(lowercased: &str) -> bool {
+    COMMON.lines().any(|p| p == lowercased)
 }
 
 #[cfg(test)]
@@ -180,6 +208,24 @@ mod tests {
             h.check_new(&pw(&"x".repeat(1025))),
             Err(PasswordError::TooLong)
         ));
+    }
+
+    #[test]
+    fn common_passwords_and_the_username_are_refused() {
+        let h = cheap(64);
+        assert!(matches!(
+            h.check_new_for(&pw("Password123"), "ada"),
+            Err(PasswordError::Common)
+        ));
+        assert!(matches!(
+            h.check_new_for(&pw("qwertyuiop"), "ada"),
+            Err(PasswordError::Common)
+        ));
+        assert!(matches!(
+            h.check_new_for(&pw("ada.lovelace"), "Ada.Lovelace"),
+            Err(PasswordError::SameAsUsername)
+        ));
+        assert!(h.check_new_for(&pw("analytical engine"), "ada").is_ok());
     }
 
     #[test]

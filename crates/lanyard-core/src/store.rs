@@ -5,8 +5,11 @@
 //! transaction, together with its audit event; uniqueness (usernames, client names) is enforced
 //! by the database, not by a read before the write, and reported as [`StoreError::Conflict`].
 
+use crate::UnixTime;
 use crate::audit::{AuditEvent, NewAuditEvent};
 use crate::client::{Client, ClientId};
+use crate::session::{EndReason, NewSession, Session};
+use crate::throttle::{Failures, Key};
 use crate::user::{NewUser, User, UserId, Username};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,15 +37,19 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_username(&self, username: &Username) -> Result<Option<User>, StoreError>;
     async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError>;
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
-    /// Disables the user; false when there is no such user.
+    /// Disables the user and ends all their sessions; false when there is no such user.
     async fn disable_user(&self, id: &UserId, event: &NewAuditEvent) -> Result<bool, StoreError>;
-    /// Replaces the password hash; false when there is no such user.
+    /// Replaces the password hash and ends every session of the user except `keep` (the
+    /// digest of the session that made the change, if any); false when there is no such user.
     async fn set_password_hash(
         &self,
         id: &UserId,
         hash: &str,
+        keep: Option<&str>,
         event: &NewAuditEvent,
     ) -> Result<bool, StoreError>;
+    /// Replaces the hash after a sign-in under older argon2 parameters; nothing else changes.
+    async fn rehash_password(&self, id: &UserId, old: &str, new: &str) -> Result<(), StoreError>;
 
     async fn create_client(&self, client: &Client, event: &NewAuditEvent)
     -> Result<(), StoreError>;
@@ -51,6 +58,67 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the client; false when there is no such client.
     async fn remove_client(&self, id: &ClientId, event: &NewAuditEvent)
     -> Result<bool, StoreError>;
+
+    /// Stores a new session and ends the user's oldest ones past `max_per_user`, returning
+    /// how many were ended. `event` is the session-start event.
+    async fn create_session(
+        &self,
+        session: &NewSession,
+        max_per_user: u32,
+        event: &NewAuditEvent,
+    ) -> Result<u32, StoreError>;
+    /// The session whose ID has this digest, if it exists.
+    async fn session_by_digest(&self, digest: &str) -> Result<Option<Session>, StoreError>;
+    /// Records that the session was used at `now`, and clears its notice.
+    async fn touch_session(&self, digest: &str, now: UnixTime) -> Result<(), StoreError>;
+    /// Clears the one-time notice of a session.
+    async fn clear_session_notice(&self, digest: &str) -> Result<(), StoreError>;
+    /// Ends the session whose ID has this digest; false if it had already ended.
+    async fn end_session(
+        &self,
+        digest: &str,
+        reason: EndReason,
+        event: &NewAuditEvent,
+    ) -> Result<bool, StoreError>;
+    /// Ends the session `public_id` only if it belongs to `user` (when given); false otherwise.
+    async fn end_session_by_public_id(
+        &self,
+        public_id: &str,
+        user: Option<&UserId>,
+        reason: EndReason,
+        event: &NewAuditEvent,
+    ) -> Result<bool, StoreError>;
+    /// Ends every session of `user` except `keep`; returns how many ended.
+    async fn end_user_sessions(
+        &self,
+        user: &UserId,
+        keep: Option<&str>,
+        reason: EndReason,
+        event: &NewAuditEvent,
+    ) -> Result<u32, StoreError>;
+    /// Active sessions, newest first, optionally of one user.
+    async fn list_sessions(&self, user: Option<&UserId>) -> Result<Vec<Session>, StoreError>;
+    /// Ends sessions idle since before `idle_cutoff` or started before `lifetime_cutoff`,
+    /// auditing each at `now`; returns how many ended.
+    async fn sweep_sessions(
+        &self,
+        idle_cutoff: UnixTime,
+        lifetime_cutoff: UnixTime,
+        now: UnixTime,
+    ) -> Result<u32, StoreError>;
+
+    /// Failures recorded under each key within its window.
+    async fn sign_in_failures(
+        &self,
+        keys: &[Key],
+        now: UnixTime,
+    ) -> Result<Vec<(Key, Failures)>, StoreError>;
+    /// Records one failure under every key.
+    async fn record_sign_in_failure(&self, keys: &[Key], now: UnixTime) -> Result<(), StoreError>;
+    /// Forgets the failures under one key (after a successful sign-in).
+    async fn clear_sign_in_failures(&self, key: &Key) -> Result<(), StoreError>;
+    /// Deletes failures older than `before`.
+    async fn sweep_sign_in_failures(&self, before: UnixTime) -> Result<(), StoreError>;
 
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError>;
     /// The newest `limit` events, newest first, optionally only those about one user.

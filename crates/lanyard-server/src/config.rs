@@ -9,6 +9,9 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use lanyard_core::password::PasswordPolicy;
+pub use lanyard_core::session::BindIp;
+use lanyard_core::session::SessionPolicy;
+use lanyard_core::throttle::ThrottlePolicy;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -24,6 +27,8 @@ pub struct Config {
     pub log: LogConfig,
     pub session: SessionConfig,
     pub password: PasswordPolicy,
+    /// Sign-in throttling (see `lanyard_core::throttle`).
+    pub throttle: ThrottlePolicy,
 }
 
 impl Default for Config {
@@ -37,6 +42,7 @@ impl Default for Config {
             log: LogConfig::default(),
             session: SessionConfig::default(),
             password: PasswordPolicy::default(),
+            throttle: ThrottlePolicy::default(),
         }
     }
 }
@@ -127,14 +133,15 @@ impl Default for SessionConfig {
     }
 }
 
-/// Whether a session stays tied to the address it signed in from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BindIp {
-    Off,
-    Exact,
-    /// Same /24 (IPv4) or /64 (IPv6).
-    Network,
+impl SessionConfig {
+    pub fn policy(&self) -> SessionPolicy {
+        SessionPolicy {
+            idle_timeout: self.idle_timeout,
+            lifetime: self.lifetime,
+            max_per_user: self.max_per_user,
+            bind_ip: self.bind_ip,
+        }
+    }
 }
 
 /// The issuer URL, without a trailing slash: `http://localhost:8080`, `https://id.example.org`.
@@ -149,6 +156,14 @@ impl Issuer {
 
     pub fn is_https(&self) -> bool {
         self.0.starts_with("https://")
+    }
+
+    /// `scheme://host[:port]`, as browsers send it in `Origin`.
+    pub fn origin(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(u) => u.origin().ascii_serialization(),
+            Err(_) => self.0.clone(),
+        }
     }
 }
 
@@ -240,6 +255,16 @@ impl Config {
         }
         if self.password.min_length == 0 {
             return bad("password.min_length", "must be at least 1");
+        }
+        let t = &self.throttle;
+        for (key, limit) in [
+            ("throttle.per_account_and_ip", t.per_account_and_ip),
+            ("throttle.per_ip", t.per_ip),
+            ("throttle.per_account", t.per_account),
+        ] {
+            if limit.max == 0 || limit.window.is_zero() {
+                return bad(key, "max and window must be more than zero");
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &e.to_string());

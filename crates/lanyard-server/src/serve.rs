@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderValue, Request, StatusCode};
-use axum::routing::get;
+use axum::routing::{get, post};
 use lanyard_core::{Clock, Store};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -21,7 +21,12 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::Config;
+use crate::account::{account_get, end_others_post, end_session_post, password_post};
 use crate::health::{healthz_get, readyz_get};
+use crate::login::{login_get, login_post, logout_post};
+use crate::passwords::Passwords;
+use crate::session::spawn_sweeper;
+use crate::web::{security_headers, stylesheet_get};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -29,6 +34,23 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
+    pub passwords: Arc<Passwords>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+    ) -> Result<Self, lanyard_core::password::PasswordError> {
+        let passwords = Passwords::new(config.password.clone())?;
+        Ok(Self {
+            store,
+            clock,
+            config: Arc::new(config),
+            passwords,
+        })
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,6 +67,17 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz_get))
         .route("/readyz", get(readyz_get))
+        .route("/static/lanyard.css", get(stylesheet_get))
+        .route("/login", get(login_get).post(login_post))
+        .route("/logout", post(logout_post))
+        .route("/account", get(account_get))
+        .route("/account/sessions/end", post(end_session_post))
+        .route("/account/sessions/end-others", post(end_others_post))
+        .route("/account/password", post(password_post))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .layer(middleware)
         .with_state(state)
 }
@@ -63,9 +96,12 @@ pub async fn serve(
         backend = state.store.backend(),
         "listening"
     );
-    axum::serve(listener, router(state))
+    let sweeper = spawn_sweeper(state.clone());
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
+    sweeper.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! What both backends share: row types, their conversion into domain types, and `impl_store!`,
 //! which implements `Store` once for each pool type with the same SQL.
 
-use lanyard_core::audit::AuditEvent;
+use lanyard_core::audit::{AuditEvent, AuditKind, NewAuditEvent};
 use lanyard_core::client::{Client, ClientId, GrantType, IdTokenAlg};
+use lanyard_core::session::{EndReason, Session};
 use lanyard_core::user::{DisplayName, Email, User, UserId, Username};
 use lanyard_core::{StoreError, UnixTime};
 
@@ -91,6 +92,62 @@ impl TryFrom<ClientRow> for Client {
     }
 }
 
+macro_rules! session_columns {
+    () => {
+        "public_id, user_id, created_at, auth_time, last_seen_at, amr, ip, user_agent, notice"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SessionRow {
+    public_id: String,
+    user_id: String,
+    created_at: i64,
+    auth_time: i64,
+    last_seen_at: i64,
+    amr: String,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    notice: Option<String>,
+}
+
+impl From<SessionRow> for Session {
+    fn from(r: SessionRow) -> Self {
+        Session {
+            public_id: r.public_id,
+            user_id: UserId::from_stored(r.user_id),
+            created_at: UnixTime::from_secs(r.created_at),
+            auth_time: UnixTime::from_secs(r.auth_time),
+            last_seen_at: UnixTime::from_secs(r.last_seen_at),
+            amr: split(&r.amr).map(str::to_owned).collect(),
+            ip: r.ip,
+            user_agent: r.user_agent,
+            notice: r.notice,
+        }
+    }
+}
+
+/// A session just deleted: enough to audit its end.
+#[derive(sqlx::FromRow)]
+pub(crate) struct EndedRow {
+    pub(crate) public_id: String,
+    pub(crate) user_id: String,
+    pub(crate) created_at: i64,
+}
+
+/// The audit event for one ended session, derived from the event of what ended it.
+pub(crate) fn ended_event(
+    template: &NewAuditEvent,
+    row: &EndedRow,
+    reason: EndReason,
+) -> NewAuditEvent {
+    let mut e = template.clone();
+    e.kind = AuditKind::SessionEnded;
+    e.user_id = Some(row.user_id.clone());
+    e.detail = format!("session={} reason={}", row.public_id, reason.as_str());
+    e
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct AuditRow {
     id: i64,
@@ -129,12 +186,30 @@ pub(crate) fn join<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 /// Implements `lanyard_core::Store` for a struct with a `pool: sqlx::Pool<$db>` field.
 macro_rules! impl_store {
     ($store:ty, $db:ty, $backend:literal) => {
+        use lanyard_core::UnixTime;
         use lanyard_core::audit::{AuditEvent, NewAuditEvent};
         use lanyard_core::client::{Client, ClientId};
+        use lanyard_core::session::{EndReason, NewSession, Session};
+        use lanyard_core::throttle::{Failures, Key};
         use lanyard_core::user::{NewUser, User, UserId, Username};
 
         use crate::error::{conflict_or, from_sqlx};
-        use crate::shared::{AuditRow, ClientRow, UserRow, join};
+        use crate::shared::{
+            AuditRow, ClientRow, EndedRow, SessionRow, UserRow, ended_event, join,
+        };
+
+        /// Audits the end of each session in `rows`, already deleted in this transaction.
+        async fn audit_ended(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            rows: &[EndedRow],
+            reason: EndReason,
+            template: &NewAuditEvent,
+        ) -> Result<(), StoreError> {
+            for row in rows {
+                insert_audit(&mut *conn, &ended_event(template, row, reason)).await?;
+            }
+            Ok(())
+        }
 
         async fn insert_audit(
             conn: &mut <$db as sqlx::Database>::Connection,
@@ -228,6 +303,14 @@ macro_rules! impl_store {
                     return Ok(false);
                 }
                 insert_audit(&mut tx, e).await?;
+                let ended = sqlx::query_as::<_, EndedRow>(
+                    "DELETE FROM sessions WHERE user_id = $1 RETURNING public_id, user_id, created_at",
+                )
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                audit_ended(&mut tx, &ended, EndReason::UserDisabled, e).await?;
                 tx.commit().await.map_err(from_sqlx)?;
                 Ok(true)
             }
@@ -236,6 +319,7 @@ macro_rules! impl_store {
                 &self,
                 id: &UserId,
                 hash: &str,
+                keep: Option<&str>,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
@@ -252,8 +336,30 @@ macro_rules! impl_store {
                     return Ok(false);
                 }
                 insert_audit(&mut tx, e).await?;
+                let ended = sqlx::query_as::<_, EndedRow>(
+                    "DELETE FROM sessions WHERE user_id = $1 AND ($2 IS NULL OR id_digest <> $2) \
+                     RETURNING public_id, user_id, created_at",
+                )
+                .bind(id.as_str())
+                .bind(keep)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                audit_ended(&mut tx, &ended, EndReason::PasswordChanged, e).await?;
                 tx.commit().await.map_err(from_sqlx)?;
                 Ok(true)
+            }
+
+            async fn rehash_password(&self, id: &UserId, old: &str, new: &str) -> Result<(), StoreError> {
+                // Only if the hash is still the one verified: a concurrent change wins.
+                sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+                    .bind(id.as_str())
+                    .bind(old)
+                    .bind(new)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(())
             }
 
             async fn create_client(&self, c: &Client, e: &NewAuditEvent) -> Result<(), StoreError> {
@@ -315,6 +421,255 @@ macro_rules! impl_store {
                 insert_audit(&mut tx, e).await?;
                 tx.commit().await.map_err(from_sqlx)?;
                 Ok(true)
+            }
+
+            async fn create_session(
+                &self,
+                s: &NewSession,
+                max_per_user: u32,
+                e: &NewAuditEvent,
+            ) -> Result<u32, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                sqlx::query(
+                    "INSERT INTO sessions (id_digest, public_id, user_id, created_at, auth_time, \
+                     last_seen_at, amr, ip, user_agent) VALUES ($1, $2, $3, $4, $4, $4, $5, $6, $7)",
+                )
+                .bind(s.id_digest.as_str())
+                .bind(s.public_id.as_str())
+                .bind(s.user_id.as_str())
+                .bind(s.now.as_secs())
+                .bind(join(s.amr.iter().map(String::as_str)))
+                .bind(s.ip.as_deref())
+                .bind(s.user_agent.as_deref())
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                insert_audit(&mut tx, e).await?;
+                // The new session always stays; the oldest of the others go past the cap.
+                let others: Vec<(String,)> = sqlx::query_as(
+                    "SELECT id_digest FROM sessions WHERE user_id = $1 AND id_digest <> $2 \
+                     ORDER BY created_at DESC, last_seen_at DESC",
+                )
+                .bind(s.user_id.as_str())
+                .bind(s.id_digest.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                let keep = usize::try_from(max_per_user.saturating_sub(1)).unwrap_or(usize::MAX);
+                let mut evicted = 0u32;
+                for (digest,) in others.iter().skip(keep) {
+                    let ended = sqlx::query_as::<_, EndedRow>(
+                        "DELETE FROM sessions WHERE id_digest = $1 RETURNING public_id, user_id, created_at",
+                    )
+                    .bind(digest.as_str())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?;
+                    audit_ended(&mut tx, &ended, EndReason::Evicted, e).await?;
+                    evicted += 1;
+                }
+                if evicted > 0 {
+                    sqlx::query("UPDATE sessions SET notice = $2 WHERE id_digest = $1")
+                        .bind(s.id_digest.as_str())
+                        .bind(lanyard_core::session::NOTICE_EVICTED)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(from_sqlx)?;
+                }
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(evicted)
+            }
+
+            async fn session_by_digest(&self, digest: &str) -> Result<Option<Session>, StoreError> {
+                let row = sqlx::query_as::<_, SessionRow>(concat!(
+                    "SELECT ", session_columns!(), " FROM sessions WHERE id_digest = $1"
+                ))
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(row.map(Session::from))
+            }
+
+            async fn touch_session(&self, digest: &str, now: UnixTime) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE sessions SET last_seen_at = $2 WHERE id_digest = $1 AND last_seen_at < $2",
+                )
+                .bind(digest)
+                .bind(now.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn clear_session_notice(&self, digest: &str) -> Result<(), StoreError> {
+                sqlx::query("UPDATE sessions SET notice = NULL WHERE id_digest = $1 AND notice IS NOT NULL")
+                    .bind(digest)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn end_session(
+                &self,
+                digest: &str,
+                reason: EndReason,
+                e: &NewAuditEvent,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let ended = sqlx::query_as::<_, EndedRow>(
+                    "DELETE FROM sessions WHERE id_digest = $1 RETURNING public_id, user_id, created_at",
+                )
+                .bind(digest)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                audit_ended(&mut tx, &ended, reason, e).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(!ended.is_empty())
+            }
+
+            async fn end_session_by_public_id(
+                &self,
+                public_id: &str,
+                user: Option<&UserId>,
+                reason: EndReason,
+                e: &NewAuditEvent,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let ended = sqlx::query_as::<_, EndedRow>(
+                    "DELETE FROM sessions WHERE public_id = $1 AND ($2 IS NULL OR user_id = $2) \
+                     RETURNING public_id, user_id, created_at",
+                )
+                .bind(public_id)
+                .bind(user.map(|u| u.as_str()))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                audit_ended(&mut tx, &ended, reason, e).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(!ended.is_empty())
+            }
+
+            async fn end_user_sessions(
+                &self,
+                user: &UserId,
+                keep: Option<&str>,
+                reason: EndReason,
+                e: &NewAuditEvent,
+            ) -> Result<u32, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let ended = sqlx::query_as::<_, EndedRow>(
+                    "DELETE FROM sessions WHERE user_id = $1 AND ($2 IS NULL OR id_digest <> $2) \
+                     RETURNING public_id, user_id, created_at",
+                )
+                .bind(user.as_str())
+                .bind(keep)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                audit_ended(&mut tx, &ended, reason, e).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
+            }
+
+            async fn list_sessions(&self, user: Option<&UserId>) -> Result<Vec<Session>, StoreError> {
+                let rows = sqlx::query_as::<_, SessionRow>(concat!(
+                    "SELECT ", session_columns!(),
+                    " FROM sessions WHERE ($1 IS NULL OR user_id = $1) ORDER BY created_at DESC, public_id"
+                ))
+                .bind(user.map(|u| u.as_str()))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(rows.into_iter().map(Session::from).collect())
+            }
+
+            async fn sweep_sessions(
+                &self,
+                idle_cutoff: UnixTime,
+                lifetime_cutoff: UnixTime,
+                now: UnixTime,
+            ) -> Result<u32, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let ended = sqlx::query_as::<_, EndedRow>(
+                    "DELETE FROM sessions WHERE last_seen_at <= $1 OR created_at <= $2 \
+                     RETURNING public_id, user_id, created_at",
+                )
+                .bind(idle_cutoff.as_secs())
+                .bind(lifetime_cutoff.as_secs())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                let template = NewAuditEvent::new(now, lanyard_core::audit::AuditKind::SessionEnded);
+                for row in &ended {
+                    let reason = if row.created_at <= lifetime_cutoff.as_secs() {
+                        EndReason::LifetimeExceeded
+                    } else {
+                        EndReason::IdleTimeout
+                    };
+                    insert_audit(&mut tx, &ended_event(&template, row, reason)).await?;
+                }
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
+            }
+
+            async fn sign_in_failures(
+                &self,
+                keys: &[Key],
+                now: UnixTime,
+            ) -> Result<Vec<(Key, Failures)>, StoreError> {
+                let mut out = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let since = now.saturating_sub(k.limit.window);
+                    let (count, latest): (i64, Option<i64>) = sqlx::query_as(
+                        "SELECT COUNT(*), MAX(at) FROM sign_in_failures WHERE key = $1 AND at > $2",
+                    )
+                    .bind(k.key.as_str())
+                    .bind(since.as_secs())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                    let failures = Failures {
+                        count: u32::try_from(count).unwrap_or(u32::MAX),
+                        latest: latest.map(UnixTime::from_secs),
+                    };
+                    out.push((k.clone(), failures));
+                }
+                Ok(out)
+            }
+
+            async fn record_sign_in_failure(&self, keys: &[Key], now: UnixTime) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                for k in keys {
+                    sqlx::query("INSERT INTO sign_in_failures (key, at) VALUES ($1, $2)")
+                        .bind(k.key.as_str())
+                        .bind(now.as_secs())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(from_sqlx)?;
+                }
+                tx.commit().await.map_err(from_sqlx)
+            }
+
+            async fn clear_sign_in_failures(&self, key: &Key) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM sign_in_failures WHERE key = $1")
+                    .bind(key.key.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn sweep_sign_in_failures(&self, before: UnixTime) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM sign_in_failures WHERE at < $1")
+                    .bind(before.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(())
             }
 
             async fn append_audit(&self, e: &NewAuditEvent) -> Result<(), StoreError> {

@@ -12,7 +12,7 @@ use lanyard_server::{AppState, Config};
 use lanyard_store::DbOptions;
 use secrecy::SecretString;
 
-use crate::{audit, client, user};
+use crate::{audit, client, session, user};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,9 @@ enum Command {
     /// Manage relying applications (OAuth clients).
     #[command(subcommand)]
     Client(client::ClientCommand),
+    /// List and end sessions.
+    #[command(subcommand)]
+    Session(session::SessionCommand),
     /// Print audit events, newest first.
     Audit(audit::AuditArgs),
 }
@@ -79,6 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::User(cmd) => user::run(&Ctx::open(config).await?, cmd).await,
         Command::Client(cmd) => client::run(&Ctx::open(config).await?, cmd).await,
+        Command::Session(cmd) => session::run(&Ctx::open(config).await?, cmd).await,
         Command::Audit(a) => audit::run(&Ctx::open(config).await?, a).await,
     }
 }
@@ -114,11 +118,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let state = AppState {
-        store,
-        clock: Arc::new(SystemClock),
-        config: Arc::new(config),
-    };
+    let state = AppState::new(store, Arc::new(SystemClock), config)?;
     lanyard_server::serve(state, listener, shutdown_signal()).await?;
     Ok(())
 }

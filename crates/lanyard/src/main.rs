@@ -8,6 +8,7 @@
 mod audit;
 mod cli;
 mod client;
+mod session;
 mod user;
 
 use std::process::ExitCode;

@@ -49,7 +49,7 @@ pub async fn run(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<()> {
             let username = Username::parse(&username)?;
             let email = Email::parse(&email)?;
             let display_name = name.as_deref().map(DisplayName::parse).transpose()?;
-            let hash = hash_new_password(ctx).await?;
+            let hash = hash_new_password(ctx, username.as_str()).await?;
             let user = NewUser {
                 id: UserId::generate()?,
                 username,
@@ -76,16 +76,24 @@ pub async fn run(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<()> {
             if !ctx.store.disable_user(&user.id, &event).await? {
                 bail!("no user named {username:?}");
             }
-            println!("Disabled user {}.", user.username);
+            println!(
+                "Disabled user {}; their sessions have ended.",
+                user.username
+            );
         }
         UserCommand::SetPassword {
             username,
             password_stdin: _,
         } => {
             let user = find(ctx, &username).await?;
-            let hash = hash_new_password(ctx).await?;
+            let hash = hash_new_password(ctx, user.username.as_str()).await?;
             let event = cli_event(ctx, AuditKind::PasswordChanged).user(user.id.as_str());
-            if !ctx.store.set_password_hash(&user.id, &hash, &event).await? {
+            // A reset from the command line ends every session of the user.
+            if !ctx
+                .store
+                .set_password_hash(&user.id, &hash, None, &event)
+                .await?
+            {
                 bail!("no user named {username:?}");
             }
             println!("Set the password of {}.", user.username);
@@ -112,10 +120,10 @@ async fn find(ctx: &Ctx, username: &str) -> anyhow::Result<User> {
     }
 }
 
-async fn hash_new_password(ctx: &Ctx) -> anyhow::Result<String> {
+async fn hash_new_password(ctx: &Ctx, username: &str) -> anyhow::Result<String> {
     let password = password_from_stdin()?;
     let hasher = PasswordHasher::new(ctx.config.password.clone())?;
-    hasher.check_new(&password)?;
+    hasher.check_new_for(&password, username)?;
     // Argon2 is CPU-bound: keep it off the async workers even in a one-shot command.
     let hash = tokio::task::spawn_blocking(move || hasher.hash(&password)).await??;
     Ok(hash)

@@ -1,0 +1,292 @@
+//! `/account`: who is signed in, where, and the controls to end sessions and change the
+//! password.
+//!
+//! Invariant: a user can only ever end their own sessions: the store is asked to end a
+//! session by its public ID *and* the signed-in user's ID, so another user's ID matches nothing.
+
+use axum::Form;
+use axum::extract::State;
+use axum::extract::rejection::FormRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use lanyard_core::audit::{AuditKind, NewAuditEvent};
+use lanyard_core::password::Verified;
+use lanyard_core::session::{EndReason, NOTICE_EVICTED};
+use secrecy::SecretString;
+
+use crate::AppState;
+use crate::session::{SignedIn, signed_in};
+use crate::web::{ClientInfo, PageError, check_csrf, form_error, render};
+
+struct SessionRow {
+    public_id: String,
+    device: String,
+    ip: String,
+    started: String,
+    last_active: String,
+    current: bool,
+}
+
+#[derive(askama::Template)]
+#[template(path = "account/account.html")]
+struct AccountView {
+    username: String,
+    display_name: Option<String>,
+    csrf: String,
+    sessions: Vec<SessionRow>,
+    evicted: bool,
+    message: Option<&'static str>,
+    error: Option<String>,
+    min_length: usize,
+}
+
+async fn require(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientInfo,
+) -> Result<Result<SignedIn, Response>, PageError> {
+    Ok(match signed_in(state, headers, client).await? {
+        Some(s) => Ok(s),
+        None => Err(Redirect::to("/login?return_to=/account").into_response()),
+    })
+}
+
+async fn page(
+    state: &AppState,
+    me: &SignedIn,
+    status: StatusCode,
+    message: Option<&'static str>,
+    error: Option<String>,
+) -> Result<Response, PageError> {
+    let sessions = state.store.list_sessions(Some(&me.user.id)).await?;
+    let evicted = me.session.notice.as_deref() == Some(NOTICE_EVICTED);
+    if me.session.notice.is_some() {
+        state
+            .store
+            .clear_session_notice(&me.secret.digest())
+            .await?;
+    }
+    let view = AccountView {
+        username: me.user.username.to_string(),
+        display_name: me.user.display_name.as_ref().map(|d| d.as_str().to_owned()),
+        csrf: me.secret.csrf_token(),
+        sessions: sessions
+            .into_iter()
+            .map(|s| SessionRow {
+                current: s.public_id == me.session.public_id,
+                device: device(s.user_agent.as_deref()),
+                ip: s.ip.unwrap_or_else(|| "unknown".into()),
+                started: s.created_at.to_string(),
+                last_active: s.last_seen_at.to_string(),
+                public_id: s.public_id,
+            })
+            .collect(),
+        evicted,
+        message,
+        error,
+        min_length: state.config.password.min_length,
+    };
+    Ok(render(status, &view))
+}
+
+pub(crate) async fn account_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+) -> Result<Response, PageError> {
+    match require(&state, &headers, &client).await? {
+        Ok(me) => page(&state, &me, StatusCode::OK, None, None).await,
+        Err(redirect) => Ok(redirect),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct EndForm {
+    csrf: String,
+    session: String,
+}
+
+pub(crate) async fn end_session_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+    form: Result<Form<EndForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let Form(form) = form.map_err(form_error)?;
+    let me = match require(&state, &headers, &client).await? {
+        Ok(me) => me,
+        Err(redirect) => return Ok(redirect),
+    };
+    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
+    let event =
+        NewAuditEvent::new(state.clock.now(), AuditKind::SessionEnded).actor(client.actor());
+    let ended = state
+        .store
+        .end_session_by_public_id(&form.session, Some(&me.user.id), EndReason::Revoked, &event)
+        .await?;
+    if !ended {
+        let why = "That session had already ended.".to_owned();
+        return page(&state, &me, StatusCode::NOT_FOUND, None, Some(why)).await;
+    }
+    Ok(Redirect::to("/account").into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct CsrfOnly {
+    csrf: String,
+}
+
+pub(crate) async fn end_others_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+    form: Result<Form<CsrfOnly>, FormRejection>,
+) -> Result<Response, PageError> {
+    let Form(form) = form.map_err(form_error)?;
+    let me = match require(&state, &headers, &client).await? {
+        Ok(me) => me,
+        Err(redirect) => return Ok(redirect),
+    };
+    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
+    let event =
+        NewAuditEvent::new(state.clock.now(), AuditKind::SessionEnded).actor(client.actor());
+    let digest = me.secret.digest();
+    state
+        .store
+        .end_user_sessions(&me.user.id, Some(&digest), EndReason::Revoked, &event)
+        .await?;
+    page(
+        &state,
+        &me,
+        StatusCode::OK,
+        Some("You are now signed out everywhere else."),
+        None,
+    )
+    .await
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct PasswordForm {
+    csrf: String,
+    current: String,
+    new: String,
+}
+
+pub(crate) async fn password_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+    form: Result<Form<PasswordForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let Form(form) = form.map_err(form_error)?;
+    let me = match require(&state, &headers, &client).await? {
+        Ok(me) => me,
+        Err(redirect) => return Ok(redirect),
+    };
+    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
+    let now = state.clock.now();
+
+    // The current password is a sign-in secret too: guesses here are throttled like sign-ins.
+    let throttle = &state.config.throttle;
+    let keys = throttle.keys(me.user.username.as_str(), client.ip);
+    if let Some(wait) = throttle.retry_after(&state.store.sign_in_failures(&keys, now).await?, now)
+    {
+        return Err(PageError::Throttled(wait));
+    }
+    let current = SecretString::from(form.current);
+    let verdict = state
+        .passwords
+        .verify(current, Some(me.user.password_hash.clone()))
+        .await;
+    if verdict == Verified::No {
+        state.store.record_sign_in_failure(&keys, now).await?;
+        let why = "Your current password was not correct.".to_owned();
+        return page(&state, &me, StatusCode::UNAUTHORIZED, None, Some(why)).await;
+    }
+    let new = SecretString::from(form.new);
+    if let Err(e) = state
+        .passwords
+        .hasher()
+        .check_new_for(&new, me.user.username.as_str())
+    {
+        return page(
+            &state,
+            &me,
+            StatusCode::BAD_REQUEST,
+            None,
+            Some(capitalise(&e.to_string())),
+        )
+        .await;
+    }
+    let hash = state
+        .passwords
+        .hash(new)
+        .await
+        .map_err(|e| PageError::Internal(e.to_string()))?;
+    let event = NewAuditEvent::new(now, AuditKind::PasswordChanged)
+        .user(me.user.id.as_str())
+        .actor(client.actor());
+    state
+        .store
+        .set_password_hash(&me.user.id, &hash, Some(&me.secret.digest()), &event)
+        .await?;
+    tracing::info!(user = %me.user.id.as_str(), "password changed; other sessions ended");
+    let message = "Your password was changed, and you were signed out everywhere else.";
+    page(&state, &me, StatusCode::OK, Some(message), None).await
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), c.as_str()),
+        None => String::new(),
+    }
+}
+
+/// A short, human description of a user agent: "Firefox on Linux".
+fn device(user_agent: Option<&str>) -> String {
+    let Some(ua) = user_agent else {
+        return "Unknown device".to_owned();
+    };
+    let browser = [
+        ("Edg/", "Edge"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Chromium/", "Chromium"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+    ]
+    .iter()
+    .find(|(needle, _)| ua.contains(needle))
+    .map_or("A browser", |(_, name)| name);
+    let os = [
+        ("Android", "Android"),
+        ("iPhone", "iOS"),
+        ("iPad", "iPadOS"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "macOS"),
+        ("CrOS", "ChromeOS"),
+        ("Linux", "Linux"),
+    ]
+    .iter()
+    .find(|(needle, _)| ua.contains(needle))
+    .map(|(_, name)| *name);
+    match os {
+        Some(os) => format!("{browser} on {os}"),
+        None => browser.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device;
+
+    #[test]
+    fn devices() {
+        let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+        assert_eq!(device(Some(firefox)), "Firefox on Linux");
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
+        assert_eq!(device(Some(chrome)), "Chrome on Windows");
+        assert_eq!(device(None), "Unknown device");
+    }
+}

@@ -1,0 +1,222 @@
+//! `GET/POST /login` and `POST /logout`: password sign-in and sign-out.
+//!
+//! Sign-in always issues a brand-new session ID (never the pre-session's, never an earlier
+//! session's), answers an unknown user, a wrong password and a disabled account with the same
+//! words after the same work, and refuses every attempt during a throttle penalty, even a
+//! correct one.
+
+use axum::Form;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use lanyard_core::audit::{AuditKind, NewAuditEvent};
+use lanyard_core::password::Verified;
+use lanyard_core::session::{EndReason, NewSession, SessionSecret};
+use lanyard_core::user::Username;
+use secrecy::SecretString;
+
+use crate::AppState;
+use crate::session::{pre_cookie_name, secret_from, session_cookie_name, set_cookie, signed_in};
+use crate::web::{ClientInfo, PageError, check_csrf, form_error, render, safe_return_to};
+
+#[derive(askama::Template)]
+#[template(path = "login/login.html")]
+struct LoginView<'a> {
+    csrf: String,
+    return_to: &'a str,
+    username: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct LoginQuery {
+    return_to: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct LoginForm {
+    csrf: String,
+    return_to: Option<String>,
+    username: String,
+    password: String,
+}
+
+const WRONG: &str = "Incorrect username or password.";
+
+pub(crate) async fn login_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+    Query(q): Query<LoginQuery>,
+) -> Result<Response, PageError> {
+    let return_to = safe_return_to(q.return_to.as_deref());
+    if signed_in(&state, &headers, &client).await?.is_some() {
+        return Ok(Redirect::to(&return_to).into_response());
+    }
+    let existing = secret_from(&headers, pre_cookie_name(&state));
+    let fresh = existing.is_none();
+    let pre = match existing {
+        Some(s) => s,
+        None => SessionSecret::generate()?,
+    };
+    let view = LoginView {
+        csrf: pre.csrf_token(),
+        return_to: &return_to,
+        username: "",
+        error: None,
+    };
+    let mut response = render(StatusCode::OK, &view);
+    if fresh {
+        set_cookie(
+            &state,
+            &mut response,
+            pre_cookie_name(&state),
+            Some(pre.cookie_value()),
+        );
+    }
+    Ok(response)
+}
+
+pub(crate) async fn login_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let Form(form) = form.map_err(form_error)?;
+    let pre = secret_from(&headers, pre_cookie_name(&state));
+    check_csrf(&state, &headers, pre.as_ref(), &form.csrf)?;
+    let Some(pre) = pre else {
+        return Err(PageError::Csrf);
+    };
+    let return_to = safe_return_to(form.return_to.as_deref());
+    let now = state.clock.now();
+    let event = |kind| NewAuditEvent::new(now, kind).actor(client.actor());
+
+    let throttle = &state.config.throttle;
+    let keys = throttle.keys(&form.username, client.ip);
+    let failures = state.store.sign_in_failures(&keys, now).await?;
+    if let Some(wait) = throttle.retry_after(&failures, now) {
+        state
+            .store
+            .append_audit(&event(AuditKind::SignInThrottled))
+            .await?;
+        tracing::info!(wait_secs = wait.as_secs(), "sign-in throttled");
+        return Err(PageError::Throttled(wait));
+    }
+
+    let user = match Username::parse(&form.username) {
+        Ok(name) => state.store.user_by_username(&name).await?,
+        Err(_) => None,
+    };
+    let password = SecretString::from(form.password);
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let verdict = state.passwords.verify(password.clone(), stored).await;
+
+    let user = match (user, verdict) {
+        (Some(user), Verified::Yes { needs_rehash }) if !user.disabled => {
+            if needs_rehash {
+                let new = state
+                    .passwords
+                    .hash(password)
+                    .await
+                    .map_err(|e| PageError::Internal(e.to_string()))?;
+                state
+                    .store
+                    .rehash_password(&user.id, &user.password_hash, &new)
+                    .await?;
+            }
+            user
+        }
+        (user, _) => {
+            state.store.record_sign_in_failure(&keys, now).await?;
+            let mut e = event(AuditKind::SignInFailed);
+            if let Some(u) = &user {
+                e = e.user(u.id.as_str()).detail(if u.disabled {
+                    "disabled"
+                } else {
+                    "wrong password"
+                });
+            } else {
+                e = e.detail("unknown user");
+            }
+            state.store.append_audit(&e).await?;
+            let view = LoginView {
+                csrf: pre.csrf_token(),
+                return_to: &return_to,
+                username: form.username.trim(),
+                error: Some(WRONG),
+            };
+            return Ok(render(StatusCode::UNAUTHORIZED, &view));
+        }
+    };
+
+    // Success: a fresh ID, never the pre-session's; any earlier session of this browser ends.
+    if let Some(keys) = keys.first() {
+        state.store.clear_sign_in_failures(keys).await?;
+    }
+    if let Some(old) = secret_from(&headers, session_cookie_name(&state)) {
+        state
+            .store
+            .end_session(
+                &old.digest(),
+                EndReason::SignedOut,
+                &event(AuditKind::SessionEnded),
+            )
+            .await?;
+    }
+    let secret = SessionSecret::generate()?;
+    let mut session = NewSession::new(&secret, user.id.clone(), now, vec!["pwd".to_owned()])?;
+    session.ip = client.ip.map(|ip| ip.to_string());
+    session.user_agent = client.user_agent.clone();
+    state
+        .store
+        .append_audit(&event(AuditKind::SignInSucceeded).user(user.id.as_str()))
+        .await?;
+    let started = event(AuditKind::SessionStarted)
+        .user(user.id.as_str())
+        .detail(format!("session={}", session.public_id));
+    state
+        .store
+        .create_session(&session, state.config.session.max_per_user, &started)
+        .await?;
+    tracing::info!(user = %user.id.as_str(), session = %session.public_id, "signed in");
+
+    let mut response = Redirect::to(&return_to).into_response();
+    set_cookie(
+        &state,
+        &mut response,
+        session_cookie_name(&state),
+        Some(secret.cookie_value()),
+    );
+    set_cookie(&state, &mut response, pre_cookie_name(&state), None);
+    Ok(response)
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct CsrfForm {
+    csrf: String,
+}
+
+pub(crate) async fn logout_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let Form(form) = form.map_err(form_error)?;
+    let secret = secret_from(&headers, session_cookie_name(&state));
+    check_csrf(&state, &headers, secret.as_ref(), &form.csrf)?;
+    if let Some(secret) = secret {
+        let event =
+            NewAuditEvent::new(state.clock.now(), AuditKind::SessionEnded).actor(client.actor());
+        state
+            .store
+            .end_session(&secret.digest(), EndReason::SignedOut, &event)
+            .await?;
+    }
+    let mut response = Redirect::to("/login").into_response();
+    set_cookie(&state, &mut response, session_cookie_name(&state), None);
+    Ok(response)
+}

@@ -1,0 +1,159 @@
+//! The session cookie and the signed-in request.
+//!
+//! Invariants: the cookie is `HttpOnly; SameSite=Lax; Path=/`, and `Secure` with the `__Host-`
+//! prefix when the issuer is https; its value is a `SessionSecret`. A presented session that
+//! the policy says has ended (idle, too old, other network) is ended in the store right away,
+//! with its audit event, and the request proceeds as signed out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use lanyard_core::audit::{AuditKind, NewAuditEvent};
+use lanyard_core::session::{Session, SessionSecret, Verdict};
+use lanyard_core::user::User;
+
+use crate::AppState;
+use crate::web::{ClientInfo, PageError, cookie};
+
+/// A request made with a live session.
+pub(crate) struct SignedIn {
+    pub secret: SessionSecret,
+    pub session: Session,
+    pub user: User,
+}
+
+pub(crate) fn session_cookie_name(state: &AppState) -> &'static str {
+    if state.config.issuer.is_https() {
+        "__Host-lanyard_session"
+    } else {
+        "lanyard_session"
+    }
+}
+
+/// The pre-session cookie: held by a browser before sign-in, to tie the login form's CSRF
+/// token to it. It is never turned into a session.
+pub(crate) fn pre_cookie_name(state: &AppState) -> &'static str {
+    if state.config.issuer.is_https() {
+        "__Host-lanyard_pre"
+    } else {
+        "lanyard_pre"
+    }
+}
+
+/// Adds a `Set-Cookie` for `name` to `response`; `None` clears the cookie.
+pub(crate) fn set_cookie(
+    state: &AppState,
+    response: &mut Response,
+    name: &str,
+    value: Option<&str>,
+) {
+    let secure = if state.config.issuer.is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = match value {
+        Some(v) => format!("{name}={v}; HttpOnly; SameSite=Lax; Path=/{secure}"),
+        None => format!("{name}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}"),
+    };
+    // Names are constants and values base64url, so this always parses.
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The secret in cookie `name`, if well-formed.
+pub(crate) fn secret_from(headers: &HeaderMap, name: &str) -> Option<SessionSecret> {
+    cookie(headers, name).and_then(SessionSecret::from_cookie)
+}
+
+/// The live session this request carries, if any. Ends a session the policy rules out.
+pub(crate) async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientInfo,
+) -> Result<Option<SignedIn>, PageError> {
+    let Some(secret) = secret_from(headers, session_cookie_name(state)) else {
+        return Ok(None);
+    };
+    let digest = secret.digest();
+    let Some(session) = state.store.session_by_digest(&digest).await? else {
+        return Ok(None);
+    };
+    let now = state.clock.now();
+    match state
+        .config
+        .session
+        .policy()
+        .judge(&session, now, client.ip)
+    {
+        Verdict::Ended(reason) => {
+            let event = NewAuditEvent::new(now, AuditKind::SessionEnded).actor(client.actor());
+            state.store.end_session(&digest, reason, &event).await?;
+            tracing::info!(reason = reason.as_str(), session = %session.public_id, "session ended");
+            Ok(None)
+        }
+        Verdict::Valid { touch } => {
+            let Some(user) = state.store.user_by_id(&session.user_id).await? else {
+                return Ok(None);
+            };
+            if user.disabled {
+                return Ok(None);
+            }
+            if touch {
+                state.store.touch_session(&digest, now).await?;
+            }
+            Ok(Some(SignedIn {
+                secret,
+                session,
+                user,
+            }))
+        }
+    }
+}
+
+/// Ends expired sessions and forgets old sign-in failures, once a minute, until the process
+/// stops. Safe to run on every instance at once: each row is deleted by exactly one of them.
+pub(crate) fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(60);
+        // The first sweep waits a full period: start-up has enough to do.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            sweep(&state).await;
+        }
+    })
+}
+
+/// One sweep: what the background task does every minute.
+pub async fn sweep(state: &AppState) {
+    let now = state.clock.now();
+    let policy = state.config.session.policy();
+    let store: &Arc<dyn lanyard_core::Store> = &state.store;
+    match store
+        .sweep_sessions(policy.idle_cutoff(now), policy.lifetime_cutoff(now), now)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(ended = n, "expired sessions ended"),
+        Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+    }
+    let t = &state.config.throttle;
+    let longest = [
+        t.per_account_and_ip.window,
+        t.per_ip.window,
+        t.per_account.window,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or_default();
+    if let Err(e) = store
+        .sweep_sign_in_failures(now.saturating_sub(longest))
+        .await
+    {
+        tracing::warn!(error = %e, "sign-in failure sweep failed");
+    }
+}

@@ -1,0 +1,29 @@
+-- The central session store and sign-in throttling.
+
+-- A session row is keyed by the SHA-256 of the cookie value; the value itself is never stored.
+-- public_id names the session in lists and revocation forms and opens nothing.
+CREATE TABLE sessions (
+    id_digest    TEXT PRIMARY KEY,
+    public_id    TEXT NOT NULL UNIQUE,
+    user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at   INTEGER NOT NULL,
+    auth_time    INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    amr          TEXT NOT NULL,
+    ip           TEXT,
+    user_agent   TEXT,
+    notice       TEXT
+) STRICT;
+
+CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
+CREATE INDEX sessions_by_last_seen ON sessions (last_seen_at);
+CREATE INDEX sessions_by_created ON sessions (created_at);
+
+-- One row per failed sign-in per throttling key.
+CREATE TABLE sign_in_failures (
+    key TEXT NOT NULL,
+    at  INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX sign_in_failures_by_key ON sign_in_failures (key, at);
+CREATE INDEX sign_in_failures_by_at ON sign_in_failures (at);
