@@ -143,6 +143,29 @@ pub const START: i64 = 1_767_225_600;
 
 impl TestServer {
     pub async fn start(db: &TestDb, configure: impl FnOnce(&mut lanyard_server::Config)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(db, listener, configure).await
+    }
+
+    /// Lanyard at `http://localhost:PORT`, its own issuer: what a browser needs (Origin checks,
+    /// and WebAuthn, which refuses IP addresses).
+    pub async fn start_on_localhost(db: &TestDb) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let issuer = format!("http://localhost:{port}");
+        let mut server = Self::start_on(db, listener, |c| {
+            c.issuer = issuer.clone().try_into().unwrap();
+        })
+        .await;
+        server.base = issuer;
+        server
+    }
+
+    async fn start_on(
+        db: &TestDb,
+        listener: tokio::net::TcpListener,
+        configure: impl FnOnce(&mut lanyard_server::Config),
+    ) -> Self {
         let mut config = lanyard_server::Config {
             database_url: db.url.clone(),
             ..Default::default()
@@ -155,7 +178,6 @@ impl TestServer {
         ));
         let store = db.store().await;
         let state = lanyard_server::AppState::new(store.clone(), clock.clone(), config).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(lanyard_server::serve(state.clone(), listener, async {

@@ -297,6 +297,17 @@ async fn forms_without_a_valid_csrf_token_or_from_another_origin_are_refused() {
         )
         .await;
     assert_eq!(r.status, 303, "the issuer's own origin is fine");
+    let mut again = Browser::new(&server);
+    let csrf = again.get("/login").await.csrf();
+    let form = [("csrf", csrf.as_str()), creds[0], creds[1]];
+    assert_eq!(
+        again
+            .post_with("/login", &form, ("origin", "null"))
+            .await
+            .status,
+        303,
+        "what no-referrer pages send"
+    );
     let account = b.get("/account").await;
     let token = account.csrf();
     assert_eq!(b.post("/logout", &[("csrf", "nope")]).await.status, 403);
@@ -308,7 +319,11 @@ async fn forms_without_a_valid_csrf_token_or_from_another_origin_are_refused() {
     let r = b.post("/logout", &[("csrf", &token)]).await;
     assert_eq!(r.status, 303);
     assert!(b.session_cookie().is_none());
-    assert!(server.store.list_sessions(None).await.unwrap().is_empty());
+    assert_eq!(
+        server.store.list_sessions(None).await.unwrap().len(),
+        1,
+        "only the other browser's"
+    );
 }
 
 #[tokio::test]
@@ -752,4 +767,81 @@ async fn the_command_line_lists_and_ends_sessions_and_disabling_ends_them_all() 
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("most common"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn hashes_under_old_parameters_are_upgraded_at_sign_in() {
+    use lanyard_core::password::{PasswordHasher, PasswordPolicy};
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let id = server.add_user("ada", PW).await;
+    let old_policy = PasswordPolicy {
+        memory_kib: 32,
+        iterations: 1,
+        ..Default::default()
+    };
+    let old = PasswordHasher::new(old_policy)
+        .unwrap()
+        .hash(&secrecy::SecretString::from(PW.to_owned()))
+        .unwrap();
+    let e = lanyard_core::audit::NewAuditEvent::new(
+        server.clock.now(),
+        lanyard_core::audit::AuditKind::PasswordChanged,
+    );
+    server
+        .store
+        .set_password_hash(&id, &old, None, &e)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        Browser::new(&server).sign_in("ada", PW).await.status,
+        303,
+        "the old hash verifies"
+    );
+    let now = server
+        .store
+        .user_by_id(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .password_hash;
+    assert_ne!(now, old);
+    assert!(now.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{now}");
+    assert_eq!(Browser::new(&server).sign_in("ada", PW).await.status, 303);
+}
+
+#[tokio::test]
+async fn one_address_guessing_across_many_accounts_is_throttled() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |c| {
+        c.throttle.per_ip = lanyard_core::throttle::Limit {
+            max: 6,
+            window: std::time::Duration::from_secs(300),
+        };
+    })
+    .await;
+    server.add_user("ada", PW).await;
+    let mut sprayer = Browser::from_ip(&server, "127.0.0.3");
+    for i in 0..6 {
+        assert_eq!(
+            sprayer
+                .sign_in(&format!("user{i}"), "Winter2026!")
+                .await
+                .status,
+            401
+        );
+    }
+    let r = sprayer.sign_in("ada", PW).await;
+    assert_eq!(
+        r.status, 429,
+        "the address is throttled, whichever account it tries"
+    );
+    assert_eq!(
+        Browser::from_ip(&server, "127.0.0.4")
+            .sign_in("ada", PW)
+            .await
+            .status,
+        303
+    );
 }

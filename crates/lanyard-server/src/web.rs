@@ -208,7 +208,13 @@ pub(crate) fn check_csrf(
     secret: Option<&SessionSecret>,
     token: &str,
 ) -> Result<(), PageError> {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    // Under `Referrer-Policy: no-referrer` browsers send `Origin: null` on form posts, even
+    // same-origin ones; then `Sec-Fetch-Site` is the browser's word on where the form came from.
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null");
+    if let Some(origin) = origin {
         if origin != state.config.issuer.origin() {
             return Err(PageError::Csrf);
         }

@@ -229,6 +229,16 @@ macro_rules! impl_store {
             .execute(&mut *conn)
             .await
             .map_err(from_sqlx)?;
+            // The log line of the audit trail. Details never carry secrets (see audit.rs).
+            tracing::info!(
+                target: "lanyard::audit",
+                kind = e.kind.as_str(),
+                user = e.user_id.as_deref().unwrap_or("-"),
+                client = e.client_id.as_deref().unwrap_or("-"),
+                ip = e.actor.ip.as_deref().unwrap_or("-"),
+                detail = e.detail.as_str(),
+                "audit"
+            );
             Ok(())
         }
 

@@ -1,0 +1,79 @@
+//! Pages in a real browser: Debian's Chromium driven by playwright-core (`tests/browser`).
+//!
+//! These run when Chromium and `tests/browser/node_modules` are present (`.ci/run` installs
+//! both and sets `LANYARD_REQUIRE_BROWSER=1`, which turns their absence into a failure);
+//! elsewhere they say they were skipped.
+
+use std::path::{Path, PathBuf};
+
+use crate::harness::{TestDb, TestServer};
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+}
+
+fn available() -> bool {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let ok = Path::new(&chromium).exists()
+        && browser_dir().join("node_modules/playwright-core").exists();
+    if !ok {
+        assert!(
+            std::env::var("LANYARD_REQUIRE_BROWSER").is_err(),
+            "LANYARD_REQUIRE_BROWSER is set but Chromium or tests/browser/node_modules is missing"
+        );
+        eprintln!(
+            "skipped: install chromium and run `npm ci` in tests/browser to run browser tests"
+        );
+    }
+    ok
+}
+
+async fn node(script: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(browser_dir()).arg(script).args(args);
+    // The server runs on this test's runtime: wait for node on another thread.
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test]
+async fn a_person_signs_in_and_out_on_a_phone_sized_browser() {
+    if !available() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost(&db).await;
+    let ada = server.add_user("ada", "correct horse battery").await;
+    node(
+        "signin.mjs",
+        &[&server.base, "ada", "correct horse battery"],
+    )
+    .await;
+
+    let events = server.store.list_audit(Some(&ada), 20).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    for expected in [
+        "signin.failed",
+        "signin.succeeded",
+        "session.started",
+        "session.ended",
+    ] {
+        assert!(
+            kinds.contains(&expected),
+            "{expected} missing from {kinds:?}"
+        );
+    }
+    assert!(
+        server.store.list_sessions(None).await.unwrap().is_empty(),
+        "signed out for real"
+    );
+}
