@@ -19,11 +19,15 @@ CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
 CREATE INDEX sessions_by_last_seen ON sessions (last_seen_at);
 CREATE INDEX sessions_by_created ON sessions (created_at);
 
--- One row per failed sign-in per throttling key.
+-- One row per sign-in attempt per throttling key. An attempt is counted before its password
+-- is checked (so parallel attempts see each other) and its rows are removed if it succeeds or
+-- is refused by the throttle: what remains are failures.
 CREATE TABLE sign_in_failures (
-    key TEXT NOT NULL,
-    at  INTEGER NOT NULL
+    key     TEXT NOT NULL,
+    at      INTEGER NOT NULL,
+    attempt TEXT NOT NULL
 ) STRICT;
 
 CREATE INDEX sign_in_failures_by_key ON sign_in_failures (key, at);
 CREATE INDEX sign_in_failures_by_at ON sign_in_failures (at);
+CREATE INDEX sign_in_failures_by_attempt ON sign_in_failures (attempt);

@@ -1,7 +1,7 @@
 //! Pages in a real browser: Debian's Chromium driven by playwright-core (`tests/browser`).
 //!
 //! These run when Chromium and `tests/browser/node_modules` are present (`.ci/run` installs
-//! both and sets `LANYARD_REQUIRE_BROWSER=1`, which turns their absence into a failure);
+//! both and sets `LANYARD_TEST_REQUIRE_BROWSER=1`, which turns their absence into a failure);
 //! elsewhere they say they were skipped.
 
 use std::path::{Path, PathBuf};
@@ -18,8 +18,8 @@ fn available() -> bool {
         && browser_dir().join("node_modules/playwright-core").exists();
     if !ok {
         assert!(
-            std::env::var("LANYARD_REQUIRE_BROWSER").is_err(),
-            "LANYARD_REQUIRE_BROWSER is set but Chromium or tests/browser/node_modules is missing"
+            std::env::var("LANYARD_TEST_REQUIRE_BROWSER").is_err(),
+            "LANYARD_TEST_REQUIRE_BROWSER is set but Chromium or tests/browser/node_modules is missing"
         );
         eprintln!(
             "skipped: install chromium and run `npm ci` in tests/browser to run browser tests"
@@ -73,7 +73,7 @@ async fn a_person_signs_in_and_out_on_a_phone_sized_browser() {
         );
     }
     assert!(
-        server.store.list_sessions(None).await.unwrap().is_empty(),
+        server.sessions(None).await.unwrap().is_empty(),
         "signed out for real"
     );
 }

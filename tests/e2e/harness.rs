@@ -138,9 +138,6 @@ pub struct TestServer {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// The time test servers start at: 2026-01-01T00:00:00Z.
-pub const START: i64 = 1_767_225_600;
-
 impl TestServer {
     pub async fn start(db: &TestDb, configure: impl FnOnce(&mut lanyard_server::Config)) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -173,9 +170,10 @@ impl TestServer {
         config.password.memory_kib = 64;
         config.password.iterations = 1;
         configure(&mut config);
-        let clock = Arc::new(lanyard_core::ManualClock::new(
-            lanyard_core::UnixTime::from_secs(START),
-        ));
+        // Starts at the real time, so the `lanyard` binary (on the wall clock) agrees with it.
+        let clock = Arc::new(lanyard_core::ManualClock::new(lanyard_core::Clock::now(
+            &lanyard_core::SystemClock,
+        )));
         let store = db.store().await;
         let state = lanyard_server::AppState::new(store.clone(), clock.clone(), config).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -190,6 +188,15 @@ impl TestServer {
             state,
             _stop: tx,
         }
+    }
+
+    /// Every stored session, ended or not (the sweeper may not have run).
+    pub async fn sessions(
+        &self,
+        user: Option<&lanyard_core::user::UserId>,
+    ) -> Result<Vec<lanyard_core::session::Session>, lanyard_core::StoreError> {
+        let never = lanyard_core::UnixTime::from_secs(i64::MIN);
+        self.store.list_sessions(user, never, never).await
     }
 
     pub fn advance(&self, secs: u64) {
@@ -212,10 +219,10 @@ impl TestServer {
             email: Email::parse(&format!("{username}@example.org")).unwrap(),
             display_name: None,
             password_hash: hash,
-            created_at: lanyard_core::UnixTime::from_secs(START),
+            created_at: lanyard_core::Clock::now(&*self.clock),
         };
         let e = NewAuditEvent::new(
-            lanyard_core::UnixTime::from_secs(START),
+            lanyard_core::Clock::now(&*self.clock),
             AuditKind::UserCreated,
         );
         self.store.create_user(&user, &e).await.unwrap();

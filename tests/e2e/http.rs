@@ -51,6 +51,11 @@ async fn oversized_bodies_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    assert!(
+        r.headers().contains_key("content-security-policy"),
+        "early answers carry the headers"
+    );
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
 }
 
 /// `lanyard serve` with no configuration at all (SQLite) or only the test's PostgreSQL URL:

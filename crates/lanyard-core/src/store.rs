@@ -9,7 +9,7 @@ use crate::UnixTime;
 use crate::audit::{AuditEvent, NewAuditEvent};
 use crate::client::{Client, ClientId};
 use crate::session::{EndReason, NewSession, Session};
-use crate::throttle::{Failures, Key};
+use crate::throttle::{AttemptOutcome, Failures, Key};
 use crate::user::{NewUser, User, UserId, Username};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,17 +59,19 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_client(&self, id: &ClientId, event: &NewAuditEvent)
     -> Result<bool, StoreError>;
 
-    /// Stores a new session and ends the user's oldest ones past `max_per_user`, returning
-    /// how many were ended. `event` is the session-start event.
+    /// In one transaction: ends the session `replaces` (the browser's earlier one, if any),
+    /// stores a new session, ends the user's oldest past `max_per_user`, and appends `events`
+    /// (sign-in and session start). Returns how many sessions the cap ended.
     async fn create_session(
         &self,
         session: &NewSession,
+        replaces: Option<&str>,
         max_per_user: u32,
-        event: &NewAuditEvent,
+        events: &[NewAuditEvent],
     ) -> Result<u32, StoreError>;
     /// The session whose ID has this digest, if it exists.
     async fn session_by_digest(&self, digest: &str) -> Result<Option<Session>, StoreError>;
-    /// Records that the session was used at `now`, and clears its notice.
+    /// Records that the session was used at `now`.
     async fn touch_session(&self, digest: &str, now: UnixTime) -> Result<(), StoreError>;
     /// Clears the one-time notice of a session.
     async fn clear_session_notice(&self, digest: &str) -> Result<(), StoreError>;
@@ -96,8 +98,14 @@ pub trait Store: Send + Sync + 'static {
         reason: EndReason,
         event: &NewAuditEvent,
     ) -> Result<u32, StoreError>;
-    /// Active sessions, newest first, optionally of one user.
-    async fn list_sessions(&self, user: Option<&UserId>) -> Result<Vec<Session>, StoreError>;
+    /// Sessions, newest first, optionally of one user, leaving out those idle since
+    /// `idle_cutoff` or started before `lifetime_cutoff` (ended, even if not yet swept).
+    async fn list_sessions(
+        &self,
+        user: Option<&UserId>,
+        idle_cutoff: UnixTime,
+        lifetime_cutoff: UnixTime,
+    ) -> Result<Vec<Session>, StoreError>;
     /// Ends sessions idle since before `idle_cutoff` or started before `lifetime_cutoff`,
     /// auditing each at `now`; returns how many ended.
     async fn sweep_sessions(
@@ -107,16 +115,23 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<u32, StoreError>;
 
-    /// Failures recorded under each key within its window.
-    async fn sign_in_failures(
+    /// Counts a sign-in attempt under every key *before* its password is checked, so that
+    /// parallel attempts see each other, and returns the failures recorded under each key
+    /// within its window, this attempt excluded.
+    async fn begin_sign_in_attempt(
         &self,
+        attempt: &str,
         keys: &[Key],
         now: UnixTime,
     ) -> Result<Vec<(Key, Failures)>, StoreError>;
-    /// Records one failure under every key.
-    async fn record_sign_in_failure(&self, keys: &[Key], now: UnixTime) -> Result<(), StoreError>;
-    /// Forgets the failures under one key (after a successful sign-in).
-    async fn clear_sign_in_failures(&self, key: &Key) -> Result<(), StoreError>;
+    /// Settles an attempt: a failure stays counted; an attempt refused by the throttle is
+    /// forgotten; a success is forgotten together with every failure under `keys[0]`.
+    async fn settle_sign_in_attempt(
+        &self,
+        attempt: &str,
+        outcome: AttemptOutcome,
+        keys: &[Key],
+    ) -> Result<(), StoreError>;
     /// Deletes failures older than `before`.
     async fn sweep_sign_in_failures(&self, before: UnixTime) -> Result<(), StoreError>;
 

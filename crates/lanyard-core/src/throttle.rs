@@ -60,6 +60,14 @@ pub struct Key {
     pub limit: Limit,
 }
 
+/// How a counted sign-in attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Failed,
+    Refused,
+    Succeeded,
+}
+
 /// The failures recorded under a key within its window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Failures {
@@ -72,7 +80,7 @@ impl ThrottlePolicy {
     pub fn keys(&self, account: &str, ip: Option<IpAddr>) -> Vec<Key> {
         // Bound what an attacker can make us store per attempt.
         let account: String = account.trim().to_lowercase().chars().take(64).collect();
-        let ip = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        let ip = ip.map_or_else(|| "unknown".to_owned(), network_of);
         vec![
             Key {
                 key: format!("account+ip:{account}|{ip}"),
@@ -103,6 +111,21 @@ impl ThrottlePolicy {
                 (wait > 0).then(|| Duration::from_secs(wait.unsigned_abs()))
             })
             .max()
+    }
+}
+
+/// The address as throttling sees it: IPv4 as is (an IPv4-mapped IPv6 address too), IPv6 by
+/// its /64, which one subscriber usually holds whole and could otherwise rotate through.
+fn network_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        IpAddr::V4(v4) => v4.to_string(),
     }
 }
 
@@ -147,6 +170,17 @@ mod tests {
             p.retry_after(&with(60, 100), at(100)),
             Some(Duration::from_secs(900))
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let p = ThrottlePolicy::default();
+        let a = p.keys("ada", Some("2001:db8:1:2::1".parse().unwrap()));
+        let b = p.keys("ada", Some("2001:db8:1:2:ffff::9".parse().unwrap()));
+        assert_eq!(a, b);
+        assert_eq!(a[1].key, "ip:2001:db8:1:2::/64");
+        let mapped = p.keys("ada", Some("::ffff:192.0.2.1".parse().unwrap()));
+        assert_eq!(mapped[1].key, "ip:192.0.2.1");
     }
 
     #[test]

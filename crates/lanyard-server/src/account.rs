@@ -12,11 +12,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::audit::{AuditKind, NewAuditEvent};
 use lanyard_core::password::Verified;
 use lanyard_core::session::{EndReason, NOTICE_EVICTED};
+use lanyard_core::throttle::AttemptOutcome;
 use secrecy::SecretString;
 
-use crate::AppState;
-use crate::session::{SignedIn, signed_in};
+use crate::session::{SignedIn, live_sessions, signed_in};
 use crate::web::{ClientInfo, PageError, check_csrf, form_error, render};
+use crate::{AppState, throttle};
 
 struct SessionRow {
     public_id: String,
@@ -58,7 +59,7 @@ async fn page(
     message: Option<&'static str>,
     error: Option<String>,
 ) -> Result<Response, PageError> {
-    let sessions = state.store.list_sessions(Some(&me.user.id)).await?;
+    let sessions = live_sessions(state, Some(&me.user.id)).await?;
     let evicted = me.session.notice.as_deref() == Some(NOTICE_EVICTED);
     if me.session.notice.is_some() {
         state
@@ -187,22 +188,25 @@ pub(crate) async fn password_post(
     let now = state.clock.now();
 
     // The current password is a sign-in secret too: guesses here are throttled like sign-ins.
-    let throttle = &state.config.throttle;
-    let keys = throttle.keys(me.user.username.as_str(), client.ip);
-    if let Some(wait) = throttle.retry_after(&state.store.sign_in_failures(&keys, now).await?, now)
-    {
-        return Err(PageError::Throttled(wait));
-    }
+    let user_id = me.user.id.as_str();
+    let attempt =
+        throttle::begin(&state, me.user.username.as_str(), Some(user_id), &client).await?;
     let current = SecretString::from(form.current);
     let verdict = state
         .passwords
         .verify(current, Some(me.user.password_hash.clone()))
         .await;
     if verdict == Verified::No {
-        state.store.record_sign_in_failure(&keys, now).await?;
+        attempt.settle(&state, AttemptOutcome::Failed).await?;
+        let e = NewAuditEvent::new(now, AuditKind::SignInFailed)
+            .user(user_id)
+            .actor(client.actor())
+            .detail("wrong current password at password change");
+        state.store.append_audit(&e).await?;
         let why = "Your current password was not correct.".to_owned();
         return page(&state, &me, StatusCode::UNAUTHORIZED, None, Some(why)).await;
     }
+    attempt.settle(&state, AttemptOutcome::Succeeded).await?;
     let new = SecretString::from(form.new);
     if let Err(e) = state
         .passwords

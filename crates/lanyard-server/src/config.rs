@@ -182,7 +182,8 @@ impl TryFrom<String> for Issuer {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!("{s:?} must not carry a user name or password"));
         }
-        Ok(Self(s.trim_end_matches('/').to_owned()))
+        // The parsed form: scheme and host lowercased, so `HTTPS://` is https too.
+        Ok(Self(url.as_str().trim_end_matches('/').to_owned()))
     }
 }
 
@@ -266,6 +267,9 @@ impl Config {
                 return bad(key, "max and window must be more than zero");
             }
         }
+        if t.base_penalty.is_zero() {
+            return bad("throttle.base_penalty", "must be more than zero");
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &e.to_string());
         }
@@ -347,6 +351,9 @@ mod tests {
             let c = Config::load(Some(Path::new("lanyard.toml"))).unwrap();
             assert_eq!(c.issuer.as_str(), "https://id.example.org");
             assert!(c.issuer.is_https());
+            let upper = Issuer::try_from("HTTPS://ID.Example.org/".to_owned()).unwrap();
+            assert!(upper.is_https());
+            assert_eq!(upper.as_str(), "https://id.example.org");
             assert_eq!(c.session.idle_timeout, Duration::from_secs(90));
             assert_eq!(c.session.max_per_user, 3);
             assert_eq!(c.session.bind_ip, BindIp::Network);

@@ -11,6 +11,7 @@ pub mod passwords;
 mod serve;
 mod session;
 pub mod telemetry;
+mod throttle;
 mod web;
 
 pub use config::Config;

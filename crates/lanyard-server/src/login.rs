@@ -13,12 +13,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::audit::{AuditKind, NewAuditEvent};
 use lanyard_core::password::Verified;
 use lanyard_core::session::{EndReason, NewSession, SessionSecret};
+use lanyard_core::throttle::AttemptOutcome;
 use lanyard_core::user::Username;
 use secrecy::SecretString;
 
-use crate::AppState;
 use crate::session::{pre_cookie_name, secret_from, session_cookie_name, set_cookie, signed_in};
 use crate::web::{ClientInfo, PageError, check_csrf, form_error, render, safe_return_to};
+use crate::{AppState, throttle};
 
 #[derive(askama::Template)]
 #[template(path = "login/login.html")]
@@ -94,22 +95,12 @@ pub(crate) async fn login_post(
     let now = state.clock.now();
     let event = |kind| NewAuditEvent::new(now, kind).actor(client.actor());
 
-    let throttle = &state.config.throttle;
-    let keys = throttle.keys(&form.username, client.ip);
-    let failures = state.store.sign_in_failures(&keys, now).await?;
-    if let Some(wait) = throttle.retry_after(&failures, now) {
-        state
-            .store
-            .append_audit(&event(AuditKind::SignInThrottled))
-            .await?;
-        tracing::info!(wait_secs = wait.as_secs(), "sign-in throttled");
-        return Err(PageError::Throttled(wait));
-    }
-
     let user = match Username::parse(&form.username) {
         Ok(name) => state.store.user_by_username(&name).await?,
         Err(_) => None,
     };
+    let user_id = user.as_ref().map(|u| u.id.as_str());
+    let attempt = throttle::begin(&state, &form.username, user_id, &client).await?;
     let password = SecretString::from(form.password);
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let verdict = state.passwords.verify(password.clone(), stored).await;
@@ -130,7 +121,7 @@ pub(crate) async fn login_post(
             user
         }
         (user, _) => {
-            state.store.record_sign_in_failure(&keys, now).await?;
+            attempt.settle(&state, AttemptOutcome::Failed).await?;
             let mut e = event(AuditKind::SignInFailed);
             if let Some(u) = &user {
                 e = e.user(u.id.as_str()).detail(if u.disabled {
@@ -152,34 +143,24 @@ pub(crate) async fn login_post(
         }
     };
 
-    // Success: a fresh ID, never the pre-session's; any earlier session of this browser ends.
-    if let Some(keys) = keys.first() {
-        state.store.clear_sign_in_failures(keys).await?;
-    }
-    if let Some(old) = secret_from(&headers, session_cookie_name(&state)) {
-        state
-            .store
-            .end_session(
-                &old.digest(),
-                EndReason::SignedOut,
-                &event(AuditKind::SessionEnded),
-            )
-            .await?;
-    }
+    // Success: a fresh ID, never the pre-session's; any earlier session of this browser ends,
+    // in the same transaction that creates the new one.
+    attempt.settle(&state, AttemptOutcome::Succeeded).await?;
     let secret = SessionSecret::generate()?;
     let mut session = NewSession::new(&secret, user.id.clone(), now, vec!["pwd".to_owned()])?;
     session.ip = client.ip.map(|ip| ip.to_string());
     session.user_agent = client.user_agent.clone();
+    let events = [
+        event(AuditKind::SignInSucceeded).user(user.id.as_str()),
+        event(AuditKind::SessionStarted)
+            .user(user.id.as_str())
+            .detail(format!("session={}", session.public_id)),
+    ];
+    let replaces = secret_from(&headers, session_cookie_name(&state)).map(|old| old.digest());
+    let max = state.config.session.max_per_user;
     state
         .store
-        .append_audit(&event(AuditKind::SignInSucceeded).user(user.id.as_str()))
-        .await?;
-    let started = event(AuditKind::SessionStarted)
-        .user(user.id.as_str())
-        .detail(format!("session={}", session.public_id));
-    state
-        .store
-        .create_session(&session, state.config.session.max_per_user, &started)
+        .create_session(&session, replaces.as_deref(), max, &events)
         .await?;
     tracing::info!(user = %user.id.as_str(), session = %session.public_id, "signed in");
 

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 pub struct Passwords {
     hasher: PasswordHasher,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     dummy_hash: String,
 }
 
@@ -23,7 +23,7 @@ impl Passwords {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Arc::new(Self {
             hasher,
-            permits: Semaphore::new(cores),
+            permits: Arc::new(Semaphore::new(cores)),
             dummy_hash,
         }))
     }
@@ -38,12 +38,15 @@ impl Passwords {
         password: SecretString,
         stored: Option<String>,
     ) -> Verified {
-        let Ok(_permit) = self.permits.acquire().await else {
+        // The permit moves into the blocking task: a cancelled request cannot free its slot
+        // while its hash still runs.
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             return Verified::No;
         };
         let this = Arc::clone(self);
         let known = stored.is_some();
         let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let hash = stored.as_deref().unwrap_or(&this.dummy_hash);
             this.hasher.verify(&password, hash)
         })
@@ -55,14 +58,16 @@ impl Passwords {
     }
 
     pub async fn hash(self: &Arc<Self>, password: SecretString) -> Result<String, PasswordError> {
-        let _permit = self
-            .permits
-            .acquire()
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
             .await
             .map_err(|e| PasswordError::Hash(e.to_string()))?;
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.hasher.hash(&password))
-            .await
-            .map_err(|e| PasswordError::Hash(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.hasher.hash(&password)
+        })
+        .await
+        .map_err(|e| PasswordError::Hash(e.to_string()))?
     }
 }

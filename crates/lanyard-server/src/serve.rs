@@ -26,6 +26,7 @@ use crate::health::{healthz_get, readyz_get};
 use crate::login::{login_get, login_post, logout_post};
 use crate::passwords::Passwords;
 use crate::session::spawn_sweeper;
+use crate::throttle::AuditGate;
 use crate::web::{security_headers, stylesheet_get};
 
 /// What every handler can reach. Cheap to clone.
@@ -35,6 +36,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
     pub passwords: Arc<Passwords>,
+    pub audit_gate: Arc<AuditGate>,
 }
 
 impl AppState {
@@ -49,6 +51,7 @@ impl AppState {
             clock,
             config: Arc::new(config),
             passwords,
+            audit_gate: Arc::default(),
         })
     }
 }
@@ -74,11 +77,12 @@ pub fn router(state: AppState) -> Router {
         .route("/account/sessions/end", post(end_session_post))
         .route("/account/sessions/end-others", post(end_others_post))
         .route("/account/password", post(password_post))
+        .layer(middleware)
+        // Outermost, so early answers (413, 408) carry the headers too.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security_headers,
         ))
-        .layer(middleware)
         .with_state(state)
 }
 

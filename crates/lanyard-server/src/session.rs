@@ -114,6 +114,19 @@ pub(crate) async fn signed_in(
     }
 }
 
+/// The sessions that have not ended, of one user or all, newest first.
+pub(crate) async fn live_sessions(
+    state: &AppState,
+    user: Option<&lanyard_core::user::UserId>,
+) -> Result<Vec<Session>, lanyard_core::StoreError> {
+    let now = state.clock.now();
+    let policy = state.config.session.policy();
+    state
+        .store
+        .list_sessions(user, policy.idle_cutoff(now), policy.lifetime_cutoff(now))
+        .await
+}
+
 /// Ends expired sessions and forgets old sign-in failures, once a minute, until the process
 /// stops. Safe to run on every instance at once: each row is deleted by exactly one of them.
 pub(crate) fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {

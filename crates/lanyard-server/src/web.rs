@@ -188,16 +188,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
     }
 }
 
-/// The value of cookie `name`, if the request carries it once.
+/// The value of cookie `name`, if the request carries it exactly once. Two cookies of one name
+/// mean one was planted (from a sibling host, or with a narrower path): trust neither.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v);
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// Checks a state-changing form: the browser's own claim about where it was sent from, then
@@ -287,5 +290,14 @@ mod tests {
         );
         assert_eq!(cookie(&h, "lanyard_session"), Some("abc"));
         assert_eq!(cookie(&h, "session"), None);
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("lanyard_session=planted"),
+        );
+        assert_eq!(
+            cookie(&h, "lanyard_session"),
+            None,
+            "a duplicate is refused"
+        );
     }
 }

@@ -32,4 +32,11 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, sqlx::Postgres, "postgres");
+// Locks the user's row while a session is created; SQLite runs one write transaction at a time
+// anyway, so only PostgreSQL needs `FOR UPDATE`.
+impl_store!(
+    PgStore,
+    sqlx::Postgres,
+    "postgres",
+    lock_user: "SELECT id FROM users WHERE id = $1 FOR UPDATE"
+);

@@ -185,12 +185,12 @@ pub(crate) fn join<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Implements `lanyard_core::Store` for a struct with a `pool: sqlx::Pool<$db>` field.
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $backend:literal) => {
+    ($store:ty, $db:ty, $backend:literal, lock_user: $lock_user:literal) => {
         use lanyard_core::UnixTime;
         use lanyard_core::audit::{AuditEvent, NewAuditEvent};
         use lanyard_core::client::{Client, ClientId};
         use lanyard_core::session::{EndReason, NewSession, Session};
-        use lanyard_core::throttle::{Failures, Key};
+        use lanyard_core::throttle::{AttemptOutcome, Failures, Key};
         use lanyard_core::user::{NewUser, User, UserId, Username};
 
         use crate::error::{conflict_or, from_sqlx};
@@ -436,10 +436,26 @@ macro_rules! impl_store {
             async fn create_session(
                 &self,
                 s: &NewSession,
+                replaces: Option<&str>,
                 max_per_user: u32,
-                e: &NewAuditEvent,
+                events: &[NewAuditEvent],
             ) -> Result<u32, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                // Serialises sign-ins of one user, so two at once cannot both slip under the cap.
+                sqlx::query($lock_user).bind(s.user_id.as_str()).execute(&mut *tx).await.map_err(from_sqlx)?;
+                let template = events.first().cloned().unwrap_or_else(|| {
+                    NewAuditEvent::new(s.now, lanyard_core::audit::AuditKind::SessionEnded)
+                });
+                if let Some(old) = replaces {
+                    let ended = sqlx::query_as::<_, EndedRow>(
+                        "DELETE FROM sessions WHERE id_digest = $1 RETURNING public_id, user_id, created_at",
+                    )
+                    .bind(old)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?;
+                    audit_ended(&mut tx, &ended, EndReason::SignedOut, &template).await?;
+                }
                 sqlx::query(
                     "INSERT INTO sessions (id_digest, public_id, user_id, created_at, auth_time, \
                      last_seen_at, amr, ip, user_agent) VALUES ($1, $2, $3, $4, $4, $4, $5, $6, $7)",
@@ -454,7 +470,9 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(from_sqlx)?;
-                insert_audit(&mut tx, e).await?;
+                for e in events {
+                    insert_audit(&mut tx, e).await?;
+                }
                 // The new session always stays; the oldest of the others go past the cap.
                 let others: Vec<(String,)> = sqlx::query_as(
                     "SELECT id_digest FROM sessions WHERE user_id = $1 AND id_digest <> $2 \
@@ -475,7 +493,7 @@ macro_rules! impl_store {
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(from_sqlx)?;
-                    audit_ended(&mut tx, &ended, EndReason::Evicted, e).await?;
+                    audit_ended(&mut tx, &ended, EndReason::Evicted, &template).await?;
                     evicted += 1;
                 }
                 if evicted > 0 {
@@ -585,12 +603,20 @@ macro_rules! impl_store {
                 Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
             }
 
-            async fn list_sessions(&self, user: Option<&UserId>) -> Result<Vec<Session>, StoreError> {
+            async fn list_sessions(
+                &self,
+                user: Option<&UserId>,
+                idle_cutoff: UnixTime,
+                lifetime_cutoff: UnixTime,
+            ) -> Result<Vec<Session>, StoreError> {
                 let rows = sqlx::query_as::<_, SessionRow>(concat!(
                     "SELECT ", session_columns!(),
-                    " FROM sessions WHERE ($1 IS NULL OR user_id = $1) ORDER BY created_at DESC, public_id"
+                    " FROM sessions WHERE ($1 IS NULL OR user_id = $1) \
+                     AND last_seen_at > $2 AND created_at > $3 ORDER BY created_at DESC, public_id"
                 ))
                 .bind(user.map(|u| u.as_str()))
+                .bind(idle_cutoff.as_secs())
+                .bind(lifetime_cutoff.as_secs())
                 .fetch_all(&self.pool)
                 .await
                 .map_err(from_sqlx)?;
@@ -626,19 +652,35 @@ macro_rules! impl_store {
                 Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
             }
 
-            async fn sign_in_failures(
+            async fn begin_sign_in_attempt(
                 &self,
+                attempt: &str,
                 keys: &[Key],
                 now: UnixTime,
             ) -> Result<Vec<(Key, Failures)>, StoreError> {
+                // Committed before counting: of two parallel attempts, the later one sees the
+                // earlier, so a burst cannot all pass a check made before any was recorded.
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                for k in keys {
+                    sqlx::query("INSERT INTO sign_in_failures (key, at, attempt) VALUES ($1, $2, $3)")
+                        .bind(k.key.as_str())
+                        .bind(now.as_secs())
+                        .bind(attempt)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(from_sqlx)?;
+                }
+                tx.commit().await.map_err(from_sqlx)?;
                 let mut out = Vec::with_capacity(keys.len());
                 for k in keys {
                     let since = now.saturating_sub(k.limit.window);
                     let (count, latest): (i64, Option<i64>) = sqlx::query_as(
-                        "SELECT COUNT(*), MAX(at) FROM sign_in_failures WHERE key = $1 AND at > $2",
+                        "SELECT COUNT(*), MAX(at) FROM sign_in_failures \
+                         WHERE key = $1 AND at > $2 AND attempt <> $3",
                     )
                     .bind(k.key.as_str())
                     .bind(since.as_secs())
+                    .bind(attempt)
                     .fetch_one(&self.pool)
                     .await
                     .map_err(from_sqlx)?;
@@ -651,26 +693,28 @@ macro_rules! impl_store {
                 Ok(out)
             }
 
-            async fn record_sign_in_failure(&self, keys: &[Key], now: UnixTime) -> Result<(), StoreError> {
+            async fn settle_sign_in_attempt(
+                &self,
+                attempt: &str,
+                outcome: AttemptOutcome,
+                keys: &[Key],
+            ) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
-                for k in keys {
-                    sqlx::query("INSERT INTO sign_in_failures (key, at) VALUES ($1, $2)")
-                        .bind(k.key.as_str())
-                        .bind(now.as_secs())
+                if outcome != AttemptOutcome::Failed {
+                    sqlx::query("DELETE FROM sign_in_failures WHERE attempt = $1")
+                        .bind(attempt)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(from_sqlx)?;
+                }
+                if let (AttemptOutcome::Succeeded, Some(first)) = (outcome, keys.first()) {
+                    sqlx::query("DELETE FROM sign_in_failures WHERE key = $1")
+                        .bind(first.key.as_str())
                         .execute(&mut *tx)
                         .await
                         .map_err(from_sqlx)?;
                 }
                 tx.commit().await.map_err(from_sqlx)
-            }
-
-            async fn clear_sign_in_failures(&self, key: &Key) -> Result<(), StoreError> {
-                sqlx::query("DELETE FROM sign_in_failures WHERE key = $1")
-                    .bind(key.key.as_str())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(from_sqlx)?;
-                Ok(())
             }
 
             async fn sweep_sign_in_failures(&self, before: UnixTime) -> Result<(), StoreError> {

@@ -39,4 +39,11 @@ impl SqliteStore {
     }
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");
+// Locks the user's row while a session is created; SQLite runs one write transaction at a time
+// anyway, so only PostgreSQL needs `FOR UPDATE`.
+impl_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "sqlite",
+    lock_user: "SELECT id FROM users WHERE id = $1"
+);

@@ -48,9 +48,12 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> anyhow::Result<()> {
                 Some(name) => Some(find_user(ctx, &name).await?),
                 None => None,
             };
+            let policy = ctx.config.session.policy();
+            let now = ctx.now();
+            let (idle, lifetime) = (policy.idle_cutoff(now), policy.lifetime_cutoff(now));
             let sessions = ctx
                 .store
-                .list_sessions(user.as_ref().map(|u| &u.id))
+                .list_sessions(user.as_ref().map(|u| &u.id), idle, lifetime)
                 .await?;
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
