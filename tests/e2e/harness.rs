@@ -175,7 +175,9 @@ impl TestServer {
             &lanyard_core::SystemClock,
         )));
         let store = db.store().await;
-        let state = lanyard_server::AppState::new(store.clone(), clock.clone(), config).unwrap();
+        let state = lanyard_server::AppState::new(store.clone(), clock.clone(), config)
+            .await
+            .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(lanyard_server::serve(state.clone(), listener, async {
@@ -238,6 +240,7 @@ pub struct Browser {
     pub cookies: std::collections::BTreeMap<String, String>,
 }
 
+#[derive(Debug)]
 pub struct Page {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
@@ -378,4 +381,135 @@ pub async fn query_strings(db: &TestDb, sql: &'static str) -> Vec<String> {
         let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
         sqlx::query_scalar(sql).fetch_all(&mut c).await.unwrap()
     }
+}
+
+/// Undoes HTML escaping of attribute values: numeric entities (what askama writes) and the
+/// named ones for `& < > "`.
+pub fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let Some(end) = rest.find(';') else { break };
+        let entity = &rest[1..end];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            _ => entity
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every `<input type="hidden" name=… value=…>` of a page, unescaped.
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    html.split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('"')?;
+            let rest = rest.strip_prefix(" value=\"")?;
+            let (value, _) = rest.split_once('"')?;
+            Some((unescape(name), unescape(value)))
+        })
+        .collect()
+}
+
+impl Browser {
+    /// GET an absolute URL or a path.
+    pub async fn open(&mut self, url: &str) -> Page {
+        let url = if url.starts_with('/') {
+            format!("{}{url}", self.base)
+        } else {
+            url.to_owned()
+        };
+        let req = self.http.get(url);
+        self.send(req).await
+    }
+
+    /// Follows Lanyard's redirects from `url` as a person would: signs in with `credentials`
+    /// when the login form shows, answers the consent page with `allow`, and stops at the
+    /// first redirect that leaves Lanyard. Returns that URL (or the page it stopped on).
+    pub async fn authorize(
+        &mut self,
+        url: &str,
+        credentials: Option<(&str, &str)>,
+        allow: Option<bool>,
+    ) -> Result<url::Url, Page> {
+        let mut page = self.open(url).await;
+        for _ in 0..10 {
+            if page.status == 303 {
+                let loc = page.location().unwrap().to_owned();
+                if !loc.starts_with('/') && !loc.starts_with(&self.base) {
+                    return Ok(url::Url::parse(&loc).unwrap());
+                }
+                page = self.open(&loc).await;
+                continue;
+            }
+            if page.status == 200 && page.body.contains("action=\"/login\"") {
+                let Some((user, password)) = credentials else {
+                    return Err(page);
+                };
+                let mut form = hidden_fields(&page.body);
+                form.push(("username".into(), user.into()));
+                form.push(("password".into(), password.into()));
+                let pairs: Vec<(&str, &str)> =
+                    form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                page = self.post("/login", &pairs).await;
+                continue;
+            }
+            if page.status == 200 && page.body.contains("action=\"/consent\"") {
+                let Some(allow) = allow else { return Err(page) };
+                let mut form = hidden_fields(&page.body);
+                form.push((
+                    "decision".into(),
+                    if allow { "allow" } else { "deny" }.into(),
+                ));
+                let pairs: Vec<(&str, &str)> =
+                    form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                page = self.post("/consent", &pairs).await;
+                continue;
+            }
+            return Err(page);
+        }
+        Err(page)
+    }
+}
+
+/// A client registered in the store; returns its id and secret (if confidential).
+pub async fn register_client(
+    store: &Arc<dyn Store>,
+    reg: lanyard_core::client::ClientRegistration,
+) -> (String, Option<String>) {
+    use lanyard_core::audit::{AuditKind, NewAuditEvent};
+    let now = lanyard_core::Clock::now(&lanyard_core::SystemClock);
+    let v = reg.validate(now).unwrap();
+    store
+        .create_client(
+            &v.client,
+            &NewAuditEvent::new(now, AuditKind::ClientCreated),
+        )
+        .await
+        .unwrap();
+    let secret = v
+        .secret
+        .map(|s| secrecy::ExposeSecret::expose_secret(&s).to_owned());
+    (v.client.id.as_str().to_owned(), secret)
 }

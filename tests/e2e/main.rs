@@ -10,5 +10,6 @@ mod browser;
 mod cli;
 mod harness;
 mod http;
+mod oidc;
 mod sessions;
 mod store;

@@ -18,6 +18,10 @@ pub enum AuditKind {
     SignInThrottled,
     SessionStarted,
     SessionEnded,
+    KeyAdded,
+    ConsentGranted,
+    CodeReplayed,
+    RefreshTokenReused,
 }
 
 impl AuditKind {
@@ -33,6 +37,10 @@ impl AuditKind {
             Self::SignInThrottled => "signin.throttled",
             Self::SessionStarted => "session.started",
             Self::SessionEnded => "session.ended",
+            Self::KeyAdded => "key.added",
+            Self::ConsentGranted => "consent.granted",
+            Self::CodeReplayed => "token.code_replayed",
+            Self::RefreshTokenReused => "token.refresh_reused",
         }
     }
 }

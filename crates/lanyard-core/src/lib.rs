@@ -8,6 +8,9 @@
 pub mod audit;
 pub mod client;
 pub mod clock;
+pub mod grant;
+pub mod jose;
+pub mod oauth;
 pub mod password;
 pub mod secret;
 pub mod session;

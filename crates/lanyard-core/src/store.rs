@@ -8,6 +8,9 @@
 use crate::UnixTime;
 use crate::audit::{AuditEvent, NewAuditEvent};
 use crate::client::{Client, ClientId};
+use crate::grant::{
+    AuthorizationCode, CodeRedemption, RefreshRedemption, RefreshToken, StoredKey, StoredRefresh,
+};
 use crate::session::{EndReason, NewSession, Session};
 use crate::throttle::{AttemptOutcome, Failures, Key};
 use crate::user::{NewUser, User, UserId, Username};
@@ -134,6 +137,67 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Deletes failures older than `before`.
     async fn sweep_sign_in_failures(&self, before: UnixTime) -> Result<(), StoreError>;
+
+    /// The session with this public ID, if it has not ended.
+    async fn session_by_public_id(&self, public_id: &str) -> Result<Option<Session>, StoreError>;
+
+    /// Every stored signing key, newest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Adds a key; with `retire_others`, marks the other unretired keys of its algorithm
+    /// retired at its `created_at` (rotation).
+    async fn add_signing_key(
+        &self,
+        key: &StoredKey,
+        retire_others: bool,
+        event: &NewAuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Deletes keys retired before `before`.
+    async fn delete_retired_keys(&self, before: UnixTime) -> Result<(), StoreError>;
+
+    /// Stores a code and records that its client takes part in its session.
+    async fn insert_code(&self, code: &AuthorizationCode) -> Result<(), StoreError>;
+    /// Consumes a code: the first call gets it, later calls learn it was replayed.
+    async fn redeem_code(&self, digest: &str, now: UnixTime) -> Result<CodeRedemption, StoreError>;
+    /// Records what a code was exchanged for.
+    async fn record_code_tokens(
+        &self,
+        digest: &str,
+        access_jti: &str,
+        refresh_family: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Deletes codes that expired before `before`.
+    async fn sweep_codes(&self, before: UnixTime) -> Result<(), StoreError>;
+
+    /// The scopes `user` has allowed `client`, if any.
+    async fn consent(&self, user: &UserId, client: &ClientId)
+    -> Result<Option<String>, StoreError>;
+    async fn grant_consent(
+        &self,
+        user: &UserId,
+        client: &ClientId,
+        scope: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<(), StoreError>;
+    /// Consumes a refresh token; a used or revoked one revokes its whole family.
+    async fn redeem_refresh_token(
+        &self,
+        digest: &str,
+        now: UnixTime,
+    ) -> Result<RefreshRedemption, StoreError>;
+    /// Revokes every token of a family; returns how many were live.
+    async fn revoke_refresh_family(
+        &self,
+        family_id: &str,
+        now: UnixTime,
+    ) -> Result<u32, StoreError>;
+    /// A stored refresh token, used or not, without consuming it (introspection, revocation).
+    async fn refresh_token(&self, digest: &str) -> Result<Option<StoredRefresh>, StoreError>;
+
+    /// Lists an access token's `jti` as revoked until it would expire anyway.
+    async fn revoke_access_token(&self, jti: &str, expires_at: UnixTime) -> Result<(), StoreError>;
+    async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError>;
     /// The newest `limit` events, newest first, optionally only those about one user.

@@ -29,6 +29,8 @@ pub struct Config {
     pub password: PasswordPolicy,
     /// Sign-in throttling (see `lanyard_core::throttle`).
     pub throttle: ThrottlePolicy,
+    pub keys: KeysConfig,
+    pub tokens: TokensConfig,
 }
 
 impl Default for Config {
@@ -43,6 +45,8 @@ impl Default for Config {
             session: SessionConfig::default(),
             password: PasswordPolicy::default(),
             throttle: ThrottlePolicy::default(),
+            keys: KeysConfig::default(),
+            tokens: TokensConfig::default(),
         }
     }
 }
@@ -129,6 +133,53 @@ impl Default for SessionConfig {
             lifetime: Duration::from_secs(12 * 3600),
             max_per_user: 10,
             bind_ip: BindIp::Off,
+        }
+    }
+}
+
+/// Signing keys: how their private parts are sealed at rest, and how rotation propagates.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// 32 bytes, base64url: the key that seals signing keys at rest. Every instance sharing a
+    /// database needs the same one. Without it, `encryption_key_file` is used.
+    pub encryption_key: Option<Redacted>,
+    /// Where to read (or create, mode 0600) the encryption key when `encryption_key` is unset.
+    /// Default: `lanyard.key` beside the SQLite database, or in the working directory.
+    pub encryption_key_file: Option<std::path::PathBuf>,
+}
+
+/// A secret configuration value: never printed by `Debug`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(redacted)")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    #[serde(with = "humantime_serde")]
+    pub id_token_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub access_token_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_lifetime: Duration,
+    /// Require PKCE (S256) from confidential clients too, not only public ones.
+    pub require_pkce: bool,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            id_token_lifetime: Duration::from_secs(3600),
+            access_token_lifetime: Duration::from_secs(600),
+            refresh_token_lifetime: Duration::from_secs(30 * 24 * 3600),
+            require_pkce: true,
         }
     }
 }
@@ -269,6 +320,26 @@ impl Config {
         }
         if t.base_penalty.is_zero() {
             return bad("throttle.base_penalty", "must be more than zero");
+        }
+        if let Some(key) = &self.keys.encryption_key
+            && crate::keys::decode_encryption_key(&key.0).is_none()
+        {
+            return bad("keys.encryption_key", "must be 32 bytes, base64url-encoded");
+        }
+        for (key, d) in [
+            ("tokens.id_token_lifetime", self.tokens.id_token_lifetime),
+            (
+                "tokens.access_token_lifetime",
+                self.tokens.access_token_lifetime,
+            ),
+            (
+                "tokens.refresh_token_lifetime",
+                self.tokens.refresh_token_lifetime,
+            ),
+        ] {
+            if d < Duration::from_secs(60) {
+                return bad(key, "must be at least a minute");
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &e.to_string());

@@ -4,16 +4,22 @@
 //! state of their own: everything lives in the `Store`, reached through [`AppState`].
 
 mod account;
+mod authorize;
+mod client_auth;
 pub mod config;
+mod discovery;
 mod health;
+pub mod keys;
 mod login;
 pub mod passwords;
+mod resource;
 mod serve;
 mod session;
 pub mod telemetry;
 mod throttle;
+mod token;
 mod web;
 
 pub use config::Config;
-pub use serve::{AppState, router, serve};
+pub use serve::{AppState, StartError, router, serve};
 pub use session::sweep;

@@ -33,6 +33,10 @@ struct LoginView<'a> {
 #[derive(serde::Deserialize)]
 pub(crate) struct LoginQuery {
     return_to: Option<String>,
+    /// Show the form even to a signed-in browser (prompt=login, max_age).
+    force: Option<String>,
+    /// A username the app suggested (OpenID Connect `login_hint`).
+    login_hint: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -52,7 +56,7 @@ pub(crate) async fn login_get(
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, PageError> {
     let return_to = safe_return_to(q.return_to.as_deref());
-    if signed_in(&state, &headers, &client).await?.is_some() {
+    if q.force.is_none() && signed_in(&state, &headers, &client).await?.is_some() {
         return Ok(Redirect::to(&return_to).into_response());
     }
     let existing = secret_from(&headers, pre_cookie_name(&state));
@@ -61,10 +65,11 @@ pub(crate) async fn login_get(
         Some(s) => s,
         None => SessionSecret::generate()?,
     };
+    let hint: String = q.login_hint.unwrap_or_default().chars().take(64).collect();
     let view = LoginView {
         csrf: pre.csrf_token(),
         return_to: &return_to,
-        username: "",
+        username: &hint,
         error: None,
     };
     let mut response = render(StatusCode::OK, &view);

@@ -22,11 +22,16 @@ use tower_http::trace::TraceLayer;
 
 use crate::Config;
 use crate::account::{account_get, end_others_post, end_session_post, password_post};
+use crate::authorize::{authorize_get, authorize_post, consent_post};
+use crate::discovery::{discovery_get, jwks_get};
 use crate::health::{healthz_get, readyz_get};
+use crate::keys::KeyRing;
 use crate::login::{login_get, login_post, logout_post};
 use crate::passwords::Passwords;
+use crate::resource::{introspect_post, revoke_post, userinfo};
 use crate::session::spawn_sweeper;
 use crate::throttle::AuditGate;
+use crate::token::token_post;
 use crate::web::{security_headers, stylesheet_get};
 
 /// What every handler can reach. Cheap to clone.
@@ -36,24 +41,37 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
     pub passwords: Arc<Passwords>,
+    pub keys: Arc<KeyRing>,
     pub audit_gate: Arc<AuditGate>,
 }
 
 impl AppState {
-    pub fn new(
+    /// Builds the state: password hashing, and the signing keys (created on first start).
+    pub async fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         config: Config,
-    ) -> Result<Self, lanyard_core::password::PasswordError> {
+    ) -> Result<Self, StartError> {
         let passwords = Passwords::new(config.password.clone())?;
+        let keys = KeyRing::open(&config, &*store, clock.now()).await?;
         Ok(Self {
             store,
             clock,
             config: Arc::new(config),
             passwords,
+            keys,
             audit_gate: Arc::default(),
         })
     }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Password(#[from] lanyard_core::password::PasswordError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeysError),
 }
 
 pub fn router(state: AppState) -> Router {
@@ -77,6 +95,14 @@ pub fn router(state: AppState) -> Router {
         .route("/account/sessions/end", post(end_session_post))
         .route("/account/sessions/end-others", post(end_others_post))
         .route("/account/password", post(password_post))
+        .route("/.well-known/openid-configuration", get(discovery_get))
+        .route("/jwks.json", get(jwks_get))
+        .route("/authorize", get(authorize_get).post(authorize_post))
+        .route("/consent", post(consent_post))
+        .route("/token", post(token_post))
+        .route("/userinfo", get(userinfo).post(userinfo))
+        .route("/introspect", post(introspect_post))
+        .route("/revoke", post(revoke_post))
         .layer(middleware)
         // Outermost, so early answers (413, 408) carry the headers too.
         .layer(axum::middleware::from_fn_with_state(
@@ -101,11 +127,15 @@ pub async fn serve(
         "listening"
     );
     let sweeper = spawn_sweeper(state.clone());
+    let key_refresh = state
+        .keys
+        .spawn_refresh(state.store.clone(), state.clock.clone());
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     sweeper.abort();
+    key_refresh.abort();
     tracing::info!("stopped");
     Ok(())
 }

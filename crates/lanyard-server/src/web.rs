@@ -132,7 +132,9 @@ pub(crate) async fn security_headers(
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    if !is_static {
+    // Pages and tokens are personal; a handler that says otherwise (static files, public
+    // discovery documents) has set its own.
+    if !is_static && !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     if state.config.issuer.is_https() {
@@ -250,7 +252,7 @@ pub(crate) fn safe_return_to(candidate: Option<&str>) -> String {
     };
     let ok = path.starts_with('/')
         && !path.starts_with("//")
-        && path.len() <= 2048
+        && path.len() <= 4096
         && !path.contains('\\')
         && !path.chars().any(|c| c.is_control() || c.is_whitespace());
     if ok { path.to_owned() } else { HOME.to_owned() }

@@ -3,6 +3,9 @@
 
 use lanyard_core::audit::{AuditEvent, AuditKind, NewAuditEvent};
 use lanyard_core::client::{Client, ClientId, GrantType, IdTokenAlg};
+use lanyard_core::grant::{
+    Authentication, AuthorizationCode, RefreshToken, StoredKey, StoredRefresh,
+};
 use lanyard_core::session::{EndReason, Session};
 use lanyard_core::user::{DisplayName, Email, User, UserId, Username};
 use lanyard_core::{StoreError, UnixTime};
@@ -149,6 +152,138 @@ pub(crate) fn ended_event(
 }
 
 #[derive(sqlx::FromRow)]
+pub(crate) struct KeyRow {
+    kid: String,
+    alg: String,
+    created_at: i64,
+    retired_at: Option<i64>,
+    sealed: String,
+}
+
+impl TryFrom<KeyRow> for StoredKey {
+    type Error = StoreError;
+    fn try_from(r: KeyRow) -> Result<Self, StoreError> {
+        let alg = r
+            .alg
+            .parse::<IdTokenAlg>()
+            .map_err(|e| StoreError::Internal(format!("signing key {} is corrupt: {e}", r.kid)))?;
+        Ok(StoredKey {
+            kid: r.kid,
+            alg,
+            created_at: UnixTime::from_secs(r.created_at),
+            retired_at: r.retired_at.map(UnixTime::from_secs),
+            sealed: r.sealed,
+        })
+    }
+}
+
+macro_rules! code_columns {
+    () => {
+        "code_digest, client_id, user_id, session_id, redirect_uri, scope, nonce, \
+         code_challenge, auth_time, amr, acr, created_at, expires_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CodeRow {
+    code_digest: String,
+    client_id: String,
+    user_id: String,
+    session_id: String,
+    redirect_uri: String,
+    scope: String,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    auth_time: i64,
+    amr: String,
+    acr: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl From<CodeRow> for AuthorizationCode {
+    fn from(r: CodeRow) -> Self {
+        AuthorizationCode {
+            code_digest: r.code_digest,
+            client_id: ClientId::from_stored(r.client_id),
+            user_id: UserId::from_stored(r.user_id),
+            session_id: r.session_id,
+            redirect_uri: r.redirect_uri,
+            scope: r.scope,
+            nonce: r.nonce,
+            code_challenge: r.code_challenge,
+            auth: Authentication {
+                auth_time: UnixTime::from_secs(r.auth_time),
+                amr: split(&r.amr).map(str::to_owned).collect(),
+                acr: r.acr,
+            },
+            created_at: UnixTime::from_secs(r.created_at),
+            expires_at: UnixTime::from_secs(r.expires_at),
+        }
+    }
+}
+
+macro_rules! refresh_columns {
+    () => {
+        "token_digest, family_id, client_id, user_id, session_id, scope, auth_time, amr, acr, \
+         issued_at, expires_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RefreshRow {
+    token_digest: String,
+    family_id: String,
+    client_id: String,
+    user_id: String,
+    session_id: Option<String>,
+    scope: String,
+    auth_time: i64,
+    amr: String,
+    acr: Option<String>,
+    issued_at: i64,
+    expires_at: i64,
+}
+
+impl From<RefreshRow> for RefreshToken {
+    fn from(r: RefreshRow) -> Self {
+        RefreshToken {
+            token_digest: r.token_digest,
+            family_id: r.family_id,
+            client_id: ClientId::from_stored(r.client_id),
+            user_id: UserId::from_stored(r.user_id),
+            session_id: r.session_id,
+            scope: r.scope,
+            auth: Authentication {
+                auth_time: UnixTime::from_secs(r.auth_time),
+                amr: split(&r.amr).map(str::to_owned).collect(),
+                acr: r.acr,
+            },
+            issued_at: UnixTime::from_secs(r.issued_at),
+            expires_at: UnixTime::from_secs(r.expires_at),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RefreshStateRow {
+    #[sqlx(flatten)]
+    token: RefreshRow,
+    used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl From<RefreshStateRow> for StoredRefresh {
+    fn from(r: RefreshStateRow) -> Self {
+        StoredRefresh {
+            token: r.token.into(),
+            used: r.used_at.is_some(),
+            revoked: r.revoked_at.is_some(),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
 pub(crate) struct AuditRow {
     id: i64,
     at: i64,
@@ -194,8 +329,15 @@ macro_rules! impl_store {
         use lanyard_core::user::{NewUser, User, UserId, Username};
 
         use crate::error::{conflict_or, from_sqlx};
+        use lanyard_core::grant::{
+            AuthorizationCode, CodeRedemption, RefreshRedemption, RefreshToken, StoredKey,
+            StoredRefresh,
+        };
+
         use crate::shared::{
-            AuditRow, ClientRow, EndedRow, SessionRow, UserRow, ended_event, join,
+            AuditRow, ClientRow, CodeRow, EndedRow, KeyRow, RefreshRow, RefreshStateRow, SessionRow,
+            UserRow,
+            ended_event, join,
         };
 
         /// Audits the end of each session in `rows`, already deleted in this transaction.
@@ -724,6 +866,297 @@ macro_rules! impl_store {
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
+            }
+
+            async fn session_by_public_id(&self, public_id: &str) -> Result<Option<Session>, StoreError> {
+                let row = sqlx::query_as::<_, SessionRow>(concat!(
+                    "SELECT ", session_columns!(), " FROM sessions WHERE public_id = $1"
+                ))
+                .bind(public_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(row.map(Session::from))
+            }
+
+            async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+                let rows = sqlx::query_as::<_, KeyRow>(
+                    "SELECT kid, alg, created_at, retired_at, sealed FROM signing_keys \
+                     ORDER BY created_at DESC, kid",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                rows.into_iter().map(StoredKey::try_from).collect()
+            }
+
+            async fn add_signing_key(
+                &self,
+                k: &StoredKey,
+                retire_others: bool,
+                e: &NewAuditEvent,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                if retire_others {
+                    sqlx::query(
+                        "UPDATE signing_keys SET retired_at = $2 WHERE alg = $1 AND retired_at IS NULL",
+                    )
+                    .bind(k.alg.as_str())
+                    .bind(k.created_at.as_secs())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?;
+                }
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, alg, created_at, retired_at, sealed) \
+                     VALUES ($1, $2, $3, NULL, $4)",
+                )
+                .bind(k.kid.as_str())
+                .bind(k.alg.as_str())
+                .bind(k.created_at.as_secs())
+                .bind(k.sealed.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)
+            }
+
+            async fn delete_retired_keys(&self, before: UnixTime) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
+                    .bind(before.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn insert_code(&self, c: &AuthorizationCode) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                sqlx::query(concat!(
+                    "INSERT INTO authorization_codes (", code_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                ))
+                .bind(c.code_digest.as_str())
+                .bind(c.client_id.as_str())
+                .bind(c.user_id.as_str())
+                .bind(c.session_id.as_str())
+                .bind(c.redirect_uri.as_str())
+                .bind(c.scope.as_str())
+                .bind(c.nonce.as_deref())
+                .bind(c.code_challenge.as_deref())
+                .bind(c.auth.auth_time.as_secs())
+                .bind(join(c.auth.amr.iter().map(String::as_str)))
+                .bind(c.auth.acr.as_deref())
+                .bind(c.created_at.as_secs())
+                .bind(c.expires_at.as_secs())
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                sqlx::query(
+                    "INSERT INTO session_clients (session_id, client_id, first_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (session_id, client_id) DO NOTHING",
+                )
+                .bind(c.session_id.as_str())
+                .bind(c.client_id.as_str())
+                .bind(c.created_at.as_secs())
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                tx.commit().await.map_err(from_sqlx)
+            }
+
+            async fn redeem_code(&self, digest: &str, now: UnixTime) -> Result<CodeRedemption, StoreError> {
+                // One statement decides who gets the code: of two racing redemptions, one
+                // updates the row and the other finds `used_at` already set.
+                let fresh = sqlx::query_as::<_, CodeRow>(concat!(
+                    "UPDATE authorization_codes SET used_at = $2 WHERE code_digest = $1 AND used_at IS NULL RETURNING ",
+                    code_columns!()
+                ))
+                .bind(digest)
+                .bind(now.as_secs())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                if let Some(row) = fresh {
+                    return Ok(CodeRedemption::Fresh(Box::new(row.into())));
+                }
+                let used: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT access_jti, refresh_family FROM authorization_codes WHERE code_digest = $1",
+                )
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(match used {
+                    Some((access_jti, refresh_family)) => CodeRedemption::Replayed { access_jti, refresh_family },
+                    None => CodeRedemption::Unknown,
+                })
+            }
+
+            async fn record_code_tokens(
+                &self,
+                digest: &str,
+                access_jti: &str,
+                refresh_family: Option<&str>,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE authorization_codes SET access_jti = $2, refresh_family = $3 WHERE code_digest = $1",
+                )
+                .bind(digest)
+                .bind(access_jti)
+                .bind(refresh_family)
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn sweep_codes(&self, before: UnixTime) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM authorization_codes WHERE expires_at < $1")
+                    .bind(before.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                sqlx::query("DELETE FROM revoked_access_tokens WHERE expires_at < $1")
+                    .bind(before.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn consent(&self, user: &UserId, client: &ClientId) -> Result<Option<String>, StoreError> {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT scope FROM consents WHERE user_id = $1 AND client_id = $2")
+                        .bind(user.as_str())
+                        .bind(client.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(from_sqlx)?;
+                Ok(row.map(|(s,)| s))
+            }
+
+            async fn grant_consent(
+                &self,
+                user: &UserId,
+                client: &ClientId,
+                scope: &str,
+                now: UnixTime,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO consents (user_id, client_id, scope, granted_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (user_id, client_id) DO UPDATE SET scope = $3, granted_at = $4",
+                )
+                .bind(user.as_str())
+                .bind(client.as_str())
+                .bind(scope)
+                .bind(now.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn insert_refresh_token(&self, t: &RefreshToken) -> Result<(), StoreError> {
+                sqlx::query(concat!(
+                    "INSERT INTO refresh_tokens (", refresh_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ))
+                .bind(t.token_digest.as_str())
+                .bind(t.family_id.as_str())
+                .bind(t.client_id.as_str())
+                .bind(t.user_id.as_str())
+                .bind(t.session_id.as_deref())
+                .bind(t.scope.as_str())
+                .bind(t.auth.auth_time.as_secs())
+                .bind(join(t.auth.amr.iter().map(String::as_str)))
+                .bind(t.auth.acr.as_deref())
+                .bind(t.issued_at.as_secs())
+                .bind(t.expires_at.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn redeem_refresh_token(
+                &self,
+                digest: &str,
+                now: UnixTime,
+            ) -> Result<RefreshRedemption, StoreError> {
+                let fresh = sqlx::query_as::<_, RefreshRow>(concat!(
+                    "UPDATE refresh_tokens SET used_at = $2 WHERE token_digest = $1 \
+                     AND used_at IS NULL AND revoked_at IS NULL RETURNING ",
+                    refresh_columns!()
+                ))
+                .bind(digest)
+                .bind(now.as_secs())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                if let Some(row) = fresh {
+                    return Ok(RefreshRedemption::Fresh(Box::new(row.into())));
+                }
+                let family: Option<(String,)> =
+                    sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_digest = $1")
+                        .bind(digest)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(from_sqlx)?;
+                match family {
+                    Some((family_id,)) => {
+                        self.revoke_refresh_family(&family_id, now).await?;
+                        Ok(RefreshRedemption::Reused { family_id })
+                    }
+                    None => Ok(RefreshRedemption::Unknown),
+                }
+            }
+
+            async fn revoke_refresh_family(&self, family_id: &str, now: UnixTime) -> Result<u32, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
+                )
+                .bind(family_id)
+                .bind(now.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?
+                .rows_affected();
+                Ok(u32::try_from(done).unwrap_or(u32::MAX))
+            }
+
+            async fn refresh_token(&self, digest: &str) -> Result<Option<StoredRefresh>, StoreError> {
+                let row = sqlx::query_as::<_, RefreshStateRow>(concat!(
+                    "SELECT ", refresh_columns!(), ", used_at, revoked_at FROM refresh_tokens WHERE token_digest = $1"
+                ))
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(row.map(StoredRefresh::from))
+            }
+
+            async fn revoke_access_token(&self, jti: &str, expires_at: UnixTime) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO revoked_access_tokens (jti, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (jti) DO NOTHING",
+                )
+                .bind(jti)
+                .bind(expires_at.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT jti FROM revoked_access_tokens WHERE jti = $1")
+                    .bind(jti)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(row.is_some())
             }
 
             async fn append_audit(&self, e: &NewAuditEvent) -> Result<(), StoreError> {

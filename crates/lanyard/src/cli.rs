@@ -12,7 +12,7 @@ use lanyard_server::{AppState, Config};
 use lanyard_store::DbOptions;
 use secrecy::SecretString;
 
-use crate::{audit, client, session, user};
+use crate::{audit, client, keys, session, user};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,9 @@ enum Command {
     /// Manage relying applications (OAuth clients).
     #[command(subcommand)]
     Client(client::ClientCommand),
+    /// List and rotate signing keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// List and end sessions.
     #[command(subcommand)]
     Session(session::SessionCommand),
@@ -82,6 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::User(cmd) => user::run(&Ctx::open(config).await?, cmd).await,
         Command::Client(cmd) => client::run(&Ctx::open(config).await?, cmd).await,
+        Command::Keys(cmd) => keys::run(&Ctx::open(config).await?, cmd).await,
         Command::Session(cmd) => session::run(&Ctx::open(config).await?, cmd).await,
         Command::Audit(a) => audit::run(&Ctx::open(config).await?, a).await,
     }
@@ -118,7 +122,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let state = AppState::new(store, Arc::new(SystemClock), config)?;
+    let state = AppState::new(store, Arc::new(SystemClock), config).await?;
     lanyard_server::serve(state, listener, shutdown_signal()).await?;
     Ok(())
 }

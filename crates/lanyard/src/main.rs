@@ -8,6 +8,7 @@
 mod audit;
 mod cli;
 mod client;
+mod keys;
 mod session;
 mod user;
 

@@ -1,0 +1,157 @@
+//! Protocol plumbing shared by the token, introspection and revocation endpoints: form
+//! parameters that may appear once only, client authentication (RFC 6749 §2.3.1), and JSON
+//! error responses (RFC 6749 §5.2).
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use lanyard_core::client::{Client, ClientId};
+use lanyard_core::oauth::{ErrorCode, OAuthError};
+
+use crate::AppState;
+
+/// A protocol error as a JSON response; `invalid_client` is 401 with a Basic challenge.
+pub(crate) struct JsonError(pub OAuthError);
+
+impl From<OAuthError> for JsonError {
+    fn from(e: OAuthError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<lanyard_core::StoreError> for JsonError {
+    fn from(e: lanyard_core::StoreError) -> Self {
+        tracing::error!(error = %e, "store error at a protocol endpoint");
+        Self(OAuthError::new(
+            ErrorCode::ServerError,
+            "the server could not complete the request",
+        ))
+    }
+}
+
+impl IntoResponse for JsonError {
+    fn into_response(self) -> Response {
+        let status = match self.0.code {
+            ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
+            ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = serde_json::json!({
+            "error": self.0.code.as_str(),
+            "error_description": self.0.description,
+        });
+        let mut r = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+        if self.0.code == ErrorCode::InvalidClient {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"lanyard\""),
+            );
+        }
+        r
+    }
+}
+
+/// Form parameters, each present at most once (RFC 6749 §3.1, §3.2), empty ones dropped.
+pub(crate) fn single_params(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        if v.is_empty() {
+            continue;
+        }
+        if out.insert(k.into_owned(), v.into_owned()).is_some() {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                "a parameter was repeated",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Who is calling: a client that proved itself, or a public client that named itself.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Client, OAuthError> {
+    let invalid = OAuthError::new(ErrorCode::InvalidClient, "client authentication failed");
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("basic").then_some(rest.trim())
+        });
+    let (id, secret) = match (basic, params.get("client_secret")) {
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                "use one client authentication method",
+            ));
+        }
+        (Some(encoded), None) => {
+            let decoded = STANDARD.decode(encoded).map_err(|_| invalid.clone())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| invalid.clone())?;
+            let (id, secret) = decoded.split_once(':').ok_or_else(|| invalid.clone())?;
+            // Both halves are form-urlencoded (RFC 6749 §2.3.1).
+            let dec = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            let (id, secret) = (
+                dec(id).ok_or_else(|| invalid.clone())?,
+                dec(secret).ok_or_else(|| invalid.clone())?,
+            );
+            if params.get("client_id").is_some_and(|p| *p != id) {
+                return Err(invalid);
+            }
+            (id, Some(secret))
+        }
+        (None, secret) => {
+            let id = params
+                .get("client_id")
+                .ok_or_else(|| invalid.clone())?
+                .clone();
+            (id, secret.cloned())
+        }
+    };
+    let client = state
+        .store
+        .client_by_id(&ClientId::from_stored(id))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "client lookup failed");
+            OAuthError::new(
+                ErrorCode::ServerError,
+                "the server could not complete the request",
+            )
+        })?;
+    let Some(client) = client else {
+        return Err(invalid);
+    };
+    match (client.public, secret) {
+        (true, None) => Ok(client),
+        (false, Some(s)) if client.secret_matches(&s) => Ok(client),
+        _ => Err(invalid),
+    }
+}
+
+impl From<lanyard_core::secret::EntropyError> for JsonError {
+    fn from(e: lanyard_core::secret::EntropyError) -> Self {
+        tracing::error!(error = %e, "no randomness");
+        Self(OAuthError::new(
+            ErrorCode::ServerError,
+            "the server could not complete the request",
+        ))
+    }
+}

@@ -1,0 +1,459 @@
+//! `/token` (RFC 6749 §3.2): the authorization code (with PKCE, RFC 7636 §4.6), refresh token
+//! (rotated on every use, RFC 9700 §4.14.2) and client credentials grants, and the tokens they
+//! mint: ID tokens (OpenID Connect Core §2) and JWT access tokens (RFC 9068).
+//!
+//! Invariants: a code works once; its replay revokes what it produced. A refresh token works
+//! once; its reuse revokes its family. A session's tokens stop working when it ends, except
+//! `offline_access` refresh tokens, which live on until they expire or are revoked.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use lanyard_core::UnixTime;
+use lanyard_core::audit::{AuditKind, NewAuditEvent};
+use lanyard_core::client::{Client, GrantType};
+use lanyard_core::grant::{Authentication, CodeRedemption, RefreshRedemption, RefreshToken};
+use lanyard_core::oauth::{ErrorCode, OAuthError, Scope, pkce_matches, token_hash};
+use lanyard_core::secret::{digest, random_token};
+use lanyard_core::user::{User, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::client_auth::{JsonError, authenticate, single_params};
+
+/// The claims of a Lanyard access token (RFC 9068 §2.2).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub client_id: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+}
+
+fn err(code: ErrorCode, description: &'static str) -> JsonError {
+    JsonError(OAuthError::new(code, description))
+}
+
+pub(crate) async fn token_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, JsonError> {
+    let params = single_params(&body)?;
+    let client = authenticate(&state, &headers, &params).await?;
+    let grant = params.get("grant_type").map(String::as_str);
+    let grant = match grant {
+        Some("authorization_code") => GrantType::AuthorizationCode,
+        Some("refresh_token") => GrantType::RefreshToken,
+        Some("client_credentials") => GrantType::ClientCredentials,
+        Some(_) => {
+            return Err(err(
+                ErrorCode::UnsupportedGrantType,
+                "unsupported grant_type",
+            ));
+        }
+        None => return Err(err(ErrorCode::InvalidRequest, "grant_type is missing")),
+    };
+    if !client.allows(grant) {
+        return Err(err(
+            ErrorCode::UnauthorizedClient,
+            "this client may not use this grant type",
+        ));
+    }
+    let body = match grant {
+        GrantType::AuthorizationCode => code_grant(&state, &client, &params).await?,
+        GrantType::RefreshToken => refresh_grant(&state, &client, &params).await?,
+        GrantType::ClientCredentials => client_credentials(&state, &client, &params).await?,
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        body.to_string(),
+    )
+        .into_response())
+}
+
+async fn code_grant(
+    state: &AppState,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<serde_json::Value, JsonError> {
+    let invalid = || {
+        err(
+            ErrorCode::InvalidGrant,
+            "the code is invalid, expired or already used",
+        )
+    };
+    let code = params
+        .get("code")
+        .ok_or_else(|| err(ErrorCode::InvalidRequest, "code is missing"))?;
+    let now = state.clock.now();
+    let code_digest = digest(code);
+    let record = match state.store.redeem_code(&code_digest, now).await? {
+        CodeRedemption::Fresh(record) => record,
+        CodeRedemption::Replayed {
+            access_jti,
+            refresh_family,
+        } => {
+            // RFC 6749 §4.1.2: a code used twice revokes what it was exchanged for.
+            let until = now.saturating_add(state.config.tokens.access_token_lifetime);
+            if let Some(jti) = access_jti {
+                state.store.revoke_access_token(&jti, until).await?;
+            }
+            if let Some(family) = refresh_family {
+                state.store.revoke_refresh_family(&family, now).await?;
+            }
+            let e = NewAuditEvent::new(now, AuditKind::CodeReplayed).client(client.id.as_str());
+            state.store.append_audit(&e).await?;
+            tracing::warn!(
+                client = client.id.as_str(),
+                "authorization code replayed; its tokens are revoked"
+            );
+            return Err(invalid());
+        }
+        CodeRedemption::Unknown => return Err(invalid()),
+    };
+    if record.client_id != client.id || now >= record.expires_at {
+        return Err(invalid());
+    }
+    if params.get("redirect_uri") != Some(&record.redirect_uri) {
+        return Err(err(
+            ErrorCode::InvalidGrant,
+            "redirect_uri does not match the authorization request",
+        ));
+    }
+    let verifier = params.get("code_verifier");
+    match (&record.code_challenge, verifier) {
+        (Some(challenge), Some(v)) if pkce_matches(v, challenge) => {}
+        (None, None) => {}
+        _ => {
+            return Err(err(
+                ErrorCode::InvalidGrant,
+                "the PKCE code_verifier does not match",
+            ));
+        }
+    }
+    // The session the code was issued under must still be alive.
+    if state
+        .store
+        .session_by_public_id(&record.session_id)
+        .await?
+        .is_none()
+    {
+        return Err(err(
+            ErrorCode::InvalidGrant,
+            "the sign-in behind this code has ended",
+        ));
+    }
+    let user = live_user(state, &record.user_id).await?;
+    let scope = Scope::parse(&record.scope);
+    let minted = mint(
+        state,
+        client,
+        &user,
+        &scope,
+        Some(&record.session_id),
+        &record.auth,
+        record.nonce.as_deref(),
+        None,
+    )
+    .await?;
+    state
+        .store
+        .record_code_tokens(&code_digest, &minted.jti, minted.refresh_family.as_deref())
+        .await?;
+    Ok(minted.body)
+}
+
+async fn refresh_grant(
+    state: &AppState,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<serde_json::Value, JsonError> {
+    let invalid = || {
+        err(
+            ErrorCode::InvalidGrant,
+            "the refresh token is invalid, expired or revoked",
+        )
+    };
+    let presented = params
+        .get("refresh_token")
+        .ok_or_else(|| err(ErrorCode::InvalidRequest, "refresh_token is missing"))?;
+    let now = state.clock.now();
+    let token = match state
+        .store
+        .redeem_refresh_token(&digest(presented), now)
+        .await?
+    {
+        RefreshRedemption::Fresh(t) => t,
+        RefreshRedemption::Reused { family_id } => {
+            let e = NewAuditEvent::new(now, AuditKind::RefreshTokenReused)
+                .client(client.id.as_str())
+                .detail(format!("family={family_id}"));
+            state.store.append_audit(&e).await?;
+            tracing::warn!(
+                client = client.id.as_str(),
+                "refresh token reused; its family is revoked"
+            );
+            return Err(invalid());
+        }
+        RefreshRedemption::Unknown => return Err(invalid()),
+    };
+    if token.client_id != client.id || now >= token.expires_at {
+        return Err(invalid());
+    }
+    if !token.is_offline() {
+        let alive = match &token.session_id {
+            Some(sid) => state.store.session_by_public_id(sid).await?.is_some(),
+            None => false,
+        };
+        if !alive {
+            return Err(err(
+                ErrorCode::InvalidGrant,
+                "the sign-in behind this token has ended",
+            ));
+        }
+    }
+    let granted = Scope::parse(&token.scope);
+    let scope = match params.get("scope") {
+        Some(asked) => {
+            let asked = Scope::parse(asked);
+            if !asked.within(&granted) {
+                return Err(err(
+                    ErrorCode::InvalidScope,
+                    "a refresh cannot widen the scope",
+                ));
+            }
+            asked
+        }
+        None => granted,
+    };
+    let user = live_user(state, &token.user_id).await?;
+    let minted = mint(
+        state,
+        client,
+        &user,
+        &scope,
+        token.session_id.as_deref(),
+        &token.auth,
+        None,
+        Some(&token),
+    )
+    .await?;
+    Ok(minted.body)
+}
+
+async fn client_credentials(
+    state: &AppState,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<serde_json::Value, JsonError> {
+    // Only confidential clients reach here (registration refuses the grant to public ones).
+    if client.public {
+        return Err(err(
+            ErrorCode::UnauthorizedClient,
+            "public clients cannot use client_credentials",
+        ));
+    }
+    // The user scopes mean nothing without a user.
+    let scope = Scope::parse(params.get("scope").map(String::as_str).unwrap_or_default());
+    if scope.iter().next().is_some() {
+        return Err(err(
+            ErrorCode::InvalidScope,
+            "user scopes are not available to client_credentials",
+        ));
+    }
+    let now = state.clock.now();
+    let lifetime = state.config.tokens.access_token_lifetime;
+    let claims = AccessClaims {
+        iss: state.config.issuer.as_str().to_owned(),
+        sub: client.id.as_str().to_owned(),
+        aud: client.id.as_str().to_owned(),
+        client_id: client.id.as_str().to_owned(),
+        exp: now.saturating_add(lifetime).as_secs(),
+        iat: now.as_secs(),
+        jti: random_token(16)?,
+        scope: String::new(),
+        sid: None,
+        auth_time: None,
+    };
+    let access = sign(state, client, "at+jwt", &claims)?;
+    Ok(
+        serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": lifetime.as_secs()}),
+    )
+}
+
+async fn live_user(state: &AppState, id: &UserId) -> Result<User, JsonError> {
+    match state.store.user_by_id(id).await? {
+        Some(u) if !u.disabled => Ok(u),
+        _ => Err(err(
+            ErrorCode::InvalidGrant,
+            "the user no longer exists or is disabled",
+        )),
+    }
+}
+
+fn sign(
+    state: &AppState,
+    client: &Client,
+    typ: &str,
+    claims: &impl Serialize,
+) -> Result<String, JsonError> {
+    let keys = state.keys.current();
+    // Access tokens use the client's algorithm too: one key family per client keeps things simple.
+    let key = keys
+        .signer(client.id_token_alg)
+        .ok_or_else(|| err(ErrorCode::ServerError, "no signing key"))?;
+    key.sign_jwt(typ, claims).map_err(|e| {
+        tracing::error!(error = %e, "signing failed");
+        err(ErrorCode::ServerError, "signing failed")
+    })
+}
+
+struct Minted {
+    body: serde_json::Value,
+    jti: String,
+    refresh_family: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mint(
+    state: &AppState,
+    client: &Client,
+    user: &User,
+    scope: &Scope,
+    session_id: Option<&str>,
+    auth: &Authentication,
+    nonce: Option<&str>,
+    previous: Option<&RefreshToken>,
+) -> Result<Minted, JsonError> {
+    let now = state.clock.now();
+    let t = &state.config.tokens;
+    let issuer = state.config.issuer.as_str();
+    let jti = random_token(16)?;
+    let access_claims = AccessClaims {
+        iss: issuer.to_owned(),
+        sub: user.id.as_str().to_owned(),
+        aud: client.id.as_str().to_owned(),
+        client_id: client.id.as_str().to_owned(),
+        exp: now.saturating_add(t.access_token_lifetime).as_secs(),
+        iat: now.as_secs(),
+        jti: jti.clone(),
+        scope: scope.to_string(),
+        sid: session_id.map(str::to_owned),
+        auth_time: Some(auth.auth_time.as_secs()),
+    };
+    let access = sign(state, client, "at+jwt", &access_claims)?;
+    let id_token = sign(
+        state,
+        client,
+        "JWT",
+        &id_claims(
+            state, client, user, scope, session_id, auth, nonce, &access, now,
+        ),
+    )?;
+
+    let mut refresh_family = None;
+    let mut body = serde_json::json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": t.access_token_lifetime.as_secs(),
+        "id_token": id_token,
+        "scope": scope.to_string(),
+    });
+    if client.allows(GrantType::RefreshToken) {
+        let refresh = random_token(32)?;
+        let family = match previous {
+            Some(p) => p.family_id.clone(),
+            None => random_token(16)?,
+        };
+        let expires_at = match previous {
+            // Rotation does not extend the family's life.
+            Some(p) => p.expires_at,
+            None => now.saturating_add(t.refresh_token_lifetime),
+        };
+        let record = RefreshToken {
+            token_digest: digest(&refresh),
+            family_id: family.clone(),
+            client_id: client.id.clone(),
+            user_id: user.id.clone(),
+            session_id: session_id.map(str::to_owned),
+            scope: scope.to_string(),
+            auth: auth.clone(),
+            issued_at: now,
+            expires_at,
+        };
+        state.store.insert_refresh_token(&record).await?;
+        body["refresh_token"] = refresh.into();
+        refresh_family = Some(family);
+    }
+    Ok(Minted {
+        body,
+        jti,
+        refresh_family,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn id_claims(
+    state: &AppState,
+    client: &Client,
+    user: &User,
+    scope: &Scope,
+    session_id: Option<&str>,
+    auth: &Authentication,
+    nonce: Option<&str>,
+    access_token: &str,
+    now: UnixTime,
+) -> serde_json::Value {
+    let mut c = serde_json::json!({
+        "iss": state.config.issuer.as_str(),
+        "sub": user.id.as_str(),
+        "aud": client.id.as_str(),
+        "azp": client.id.as_str(),
+        "exp": now.saturating_add(state.config.tokens.id_token_lifetime).as_secs(),
+        "iat": now.as_secs(),
+        "auth_time": auth.auth_time.as_secs(),
+        "amr": auth.amr,
+        "at_hash": token_hash(client.id_token_alg, access_token),
+    });
+    if let Some(n) = nonce {
+        c["nonce"] = n.into();
+    }
+    if let Some(sid) = session_id {
+        c["sid"] = sid.into();
+    }
+    if let Some(acr) = &auth.acr {
+        c["acr"] = acr.as_str().into();
+    }
+    user_claims(&mut c, user, scope);
+    c
+}
+
+/// The profile and email claims the scope allows (OpenID Connect Core §5.4).
+pub(crate) fn user_claims(c: &mut serde_json::Value, user: &User, scope: &Scope) {
+    if scope.contains("profile") {
+        c["preferred_username"] = user.username.as_str().into();
+        if let Some(name) = &user.display_name {
+            c["name"] = name.as_str().into();
+        }
+    }
+    if scope.contains("email") {
+        c["email"] = user.email.as_str().into();
+        // Lanyard does not verify addresses; saying so lets apps decide.
+        c["email_verified"] = false.into();
+    }
+}

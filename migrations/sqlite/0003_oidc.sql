@@ -1,0 +1,79 @@
+-- OpenID Connect: signing keys, authorization codes, consent, refresh tokens, revoked access
+-- tokens, and which clients took part in each session.
+
+-- Private keys sealed with AES-256-GCM under the operator's encryption key. A key signs from
+-- created_at plus the propagation delay; a rotated key stays published until retired_at plus
+-- the longest token lifetime, then is deleted.
+CREATE TABLE signing_keys (
+    kid        TEXT PRIMARY KEY,
+    alg        TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER,
+    sealed     TEXT NOT NULL
+) STRICT;
+
+-- Codes are stored by digest and consumed by setting used_at; a second use finds it set.
+CREATE TABLE authorization_codes (
+    code_digest    TEXT PRIMARY KEY,
+    client_id      TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+    user_id        TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    session_id     TEXT NOT NULL,
+    redirect_uri   TEXT NOT NULL,
+    scope          TEXT NOT NULL,
+    nonce          TEXT,
+    code_challenge TEXT,
+    auth_time      INTEGER NOT NULL,
+    amr            TEXT NOT NULL,
+    acr            TEXT,
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    used_at        INTEGER,
+    -- What the code was exchanged for, so a replay can revoke it.
+    access_jti     TEXT,
+    refresh_family TEXT
+) STRICT;
+
+CREATE INDEX authorization_codes_by_expiry ON authorization_codes (expires_at);
+
+CREATE TABLE consents (
+    user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    client_id  TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+    scope      TEXT NOT NULL,
+    granted_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+) STRICT;
+
+-- Refresh tokens rotate: each use marks the token used and issues the next in its family. A
+-- used token presented again revokes the whole family.
+CREATE TABLE refresh_tokens (
+    token_digest TEXT PRIMARY KEY,
+    family_id    TEXT NOT NULL,
+    client_id    TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+    user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    session_id   TEXT,
+    scope        TEXT NOT NULL,
+    auth_time    INTEGER NOT NULL,
+    amr          TEXT NOT NULL,
+    acr          TEXT,
+    issued_at    INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    used_at      INTEGER,
+    revoked_at   INTEGER
+) STRICT;
+
+CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
+CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id);
+
+-- Access tokens are JWTs; revoking one before it expires lists its jti here.
+CREATE TABLE revoked_access_tokens (
+    jti        TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) STRICT;
+
+-- Which clients received tokens under a session: who to tell when it ends.
+CREATE TABLE session_clients (
+    session_id TEXT NOT NULL,
+    client_id  TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
+    first_at   INTEGER NOT NULL,
+    PRIMARY KEY (session_id, client_id)
+) STRICT;
