@@ -11,5 +11,6 @@ mod cli;
 mod harness;
 mod http;
 mod oidc;
+mod oidc_attacks;
 mod sessions;
 mod store;

@@ -105,7 +105,7 @@ pub struct ClientId(String);
 
 impl ClientId {
     pub fn generate() -> Result<Self, EntropyError> {
-        Ok(Self(secret::random_token(16)?))
+        Ok(Self(secret::random_id(16)?))
     }
 
     /// A client id as a caller gave it, to look up; unknown ids simply find nothing.

@@ -22,6 +22,15 @@ pub fn random_token(n: usize) -> Result<String, EntropyError> {
     Ok(URL_SAFE_NO_PAD.encode(&buf))
 }
 
+/// `n` bytes from the OS CSPRNG as lowercase hex: for identifiers people type or paste into
+/// a shell (client IDs, session IDs in `lanyard session revoke`), which must never start with
+/// `-` the way base64url can.
+pub fn random_id(n: usize) -> Result<String, EntropyError> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|_| EntropyError)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// SHA-256 of `value`, base64url without padding: what the store keeps of a secret.
 pub fn digest(value: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(value.as_bytes()))
@@ -45,6 +54,16 @@ mod tests {
         assert!(
             a.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+    }
+
+    #[test]
+    fn ids_are_hex() {
+        let id = random_id(16).unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(
+            id.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
     }
 

@@ -141,7 +141,7 @@ impl NewSession {
     ) -> Result<Self, EntropyError> {
         Ok(Self {
             id_digest: secret.digest(),
-            public_id: secret::random_token(12)?,
+            public_id: secret::random_id(12)?,
             user_id,
             now,
             amr,

@@ -2,7 +2,7 @@
 //! OpenID Connect `sub`, so it must not reveal or depend on the username.
 
 use crate::UnixTime;
-use crate::secret::{EntropyError, random_token};
+use crate::secret::{EntropyError, random_id};
 
 /// Why a user attribute was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -24,7 +24,7 @@ pub struct UserId(String);
 
 impl UserId {
     pub fn generate() -> Result<Self, EntropyError> {
-        Ok(Self(random_token(16)?))
+        Ok(Self(random_id(16)?))
     }
 
     /// A value read back from the store, which only ever holds generated ids.
@@ -208,6 +208,6 @@ mod tests {
     fn user_ids_are_random() {
         let a = UserId::generate().unwrap();
         assert_ne!(a, UserId::generate().unwrap());
-        assert_eq!(a.as_str().len(), 22);
+        assert_eq!(a.as_str().len(), 32);
     }
 }

@@ -1,0 +1,689 @@
+//! The authorization server under attack: every bad request gets the spec's error, never a
+//! 500, a code, or a redirect to an address the client did not register.
+
+use std::collections::HashMap;
+
+use lanyard_core::client::{ClientRegistration, GrantType};
+use openidconnect::PkceCodeChallenge;
+use serde_json::Value;
+
+use crate::harness::{Browser, TestDb, TestServer, register_client};
+
+const PW: &str = "correct horse battery";
+const REDIRECT: &str = "http://localhost:9999/callback";
+
+struct Setup {
+    _db: TestDb,
+    server: TestServer,
+    id: String,
+    secret: String,
+    browser: Browser,
+}
+
+async fn setup(skip_consent: bool) -> Setup {
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost(&db).await;
+    server.add_user("ada", PW).await;
+    let reg = ClientRegistration {
+        name: "Wiki".into(),
+        redirect_uris: vec![REDIRECT.into()],
+        skip_consent,
+        grant_types: vec![
+            GrantType::AuthorizationCode,
+            GrantType::RefreshToken,
+            GrantType::ClientCredentials,
+        ],
+        ..Default::default()
+    };
+    let (id, secret) = register_client(&server.store, reg).await;
+    let mut browser = Browser::new(&server);
+    assert_eq!(browser.sign_in("ada", PW).await.status, 303);
+    Setup {
+        _db: db,
+        server,
+        id,
+        secret: secret.unwrap(),
+        browser,
+    }
+}
+
+type Params = Vec<(&'static str, String)>;
+
+fn authorize_url(s: &Setup, params: &Params) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        q.append_pair(k, v);
+    }
+    format!("{}/authorize?{}", s.server.base, q.finish())
+}
+
+fn good_params(s: &Setup, challenge: &str) -> Params {
+    vec![
+        ("response_type", "code".into()),
+        ("client_id", s.id.clone()),
+        ("redirect_uri", REDIRECT.into()),
+        ("scope", "openid email offline_access".into()),
+        ("state", "xyz".into()),
+        ("nonce", "n-0S6".into()),
+        ("code_challenge", challenge.into()),
+        ("code_challenge_method", "S256".into()),
+    ]
+}
+
+fn with(mut params: Params, key: &'static str, value: Option<&str>) -> Params {
+    params.retain(|(k, _)| *k != key);
+    if let Some(v) = value {
+        params.push((key, v.to_owned()));
+    }
+    params
+}
+
+fn query(url: &url::Url) -> HashMap<String, String> {
+    url.query_pairs().into_owned().collect()
+}
+
+/// Runs an authorization request in the signed-in browser; returns the redirect's query.
+async fn authorize(s: &mut Setup, params: &Params) -> HashMap<String, String> {
+    let url = authorize_url(s, params);
+    let back = s
+        .browser
+        .authorize(&url, None, Some(true))
+        .await
+        .expect("a redirect to the client");
+    assert!(back.as_str().starts_with(REDIRECT), "{back}");
+    let q = query(&back);
+    assert_eq!(
+        q.get("iss").map(String::as_str),
+        Some(s.server.base.as_str())
+    );
+    q
+}
+
+async fn token(s: &Setup, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/token", s.server.base))
+        .form(form);
+    if let Some((id, secret)) = basic {
+        req = req.basic_auth(id, Some(secret));
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body = r.text().await.unwrap();
+    assert_ne!(status, 500, "{body}");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn exchange(s: &Setup, code: &str, verifier: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier),
+    ];
+    token(s, &form, Some((&s.id, &s.secret))).await
+}
+
+async fn introspect(s: &Setup, token: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/introspect", s.server.base))
+        .basic_auth(&s.id, Some(&s.secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn unregistered_and_look_alike_redirect_uris_get_a_page_not_a_redirect() {
+    let mut s = setup(true).await;
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    for evil in [
+        "http://evil.example/callback",
+        "http://localhost:9999/callback/../evil",
+        "http://localhost:9999/callbackx",
+        "http://localhost:9999/callback?next=http://evil.example",
+        "http://localhost:9999/callback#",
+        "http://LOCALHOST:9999/callback",
+        "http://localhost:9999/callback/",
+    ] {
+        let params = with(
+            good_params(&s, challenge.as_str()),
+            "redirect_uri",
+            Some(evil),
+        );
+        let page = s.browser.open(&authorize_url(&s, &params)).await;
+        assert_eq!(page.status, 400, "{evil}");
+        assert!(page.location().is_none(), "{evil}");
+    }
+    for (key, value) in [
+        ("client_id", Some("unknown")),
+        ("client_id", None),
+        ("redirect_uri", None),
+    ] {
+        let params = with(good_params(&s, challenge.as_str()), key, value);
+        let page = s.browser.open(&authorize_url(&s, &params)).await;
+        assert_eq!(page.status, 400, "{key}={value:?}");
+    }
+    let mut dup = good_params(&s, challenge.as_str());
+    dup.push(("state", "second".into()));
+    assert_eq!(
+        s.browser.open(&authorize_url(&s, &dup)).await.status,
+        400,
+        "repeated parameters"
+    );
+}
+
+#[tokio::test]
+async fn bad_authorization_requests_get_the_specs_error_at_the_client() {
+    let mut s = setup(true).await;
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let c = challenge.as_str().to_owned();
+    let cases: Vec<(Params, &str)> = vec![
+        (
+            with(good_params(&s, &c), "response_type", Some("token")),
+            "unsupported_response_type",
+        ),
+        (
+            with(good_params(&s, &c), "response_type", Some("code id_token")),
+            "unsupported_response_type",
+        ),
+        (
+            with(good_params(&s, &c), "response_type", None),
+            "invalid_request",
+        ),
+        (
+            with(good_params(&s, &c), "scope", Some("email")),
+            "invalid_scope",
+        ),
+        (
+            with(good_params(&s, &c), "code_challenge", None),
+            "invalid_request",
+        ),
+        (
+            with(good_params(&s, &c), "code_challenge_method", Some("plain")),
+            "invalid_request",
+        ),
+        (
+            with(good_params(&s, &c), "code_challenge_method", None),
+            "invalid_request",
+        ),
+        (
+            with(good_params(&s, &c), "code_challenge", Some("short")),
+            "invalid_request",
+        ),
+        (
+            with(good_params(&s, &c), "prompt", Some("none login")),
+            "invalid_request",
+        ),
+        (
+            with(good_params(&s, &c), "max_age", Some("soon")),
+            "invalid_request",
+        ),
+        (
+            with(
+                good_params(&s, &c),
+                "request",
+                Some("eyJhbGciOiJub25lIn0.e30."),
+            ),
+            "request_not_supported",
+        ),
+        (
+            with(good_params(&s, &c), "response_mode", Some("fragment")),
+            "invalid_request",
+        ),
+    ];
+    for (params, expected) in cases {
+        let q = authorize(&mut s, &params).await;
+        assert_eq!(
+            q.get("error").map(String::as_str),
+            Some(expected),
+            "{params:?}"
+        );
+        assert_eq!(q.get("state").map(String::as_str), Some("xyz"));
+        assert!(!q.contains_key("code"));
+    }
+}
+
+#[tokio::test]
+async fn codes_are_single_use_bound_to_client_redirect_and_verifier_and_short_lived() {
+    let mut s = setup(true).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let p = good_params(&s, challenge.as_str());
+    let code = authorize(&mut s, &p).await["code"].clone();
+
+    assert_eq!(
+        exchange(&s, &code, "x".repeat(43).as_str()).await.1["error"],
+        "invalid_grant",
+        "wrong verifier"
+    );
+    // The failed attempt consumed the code: the right verifier is now too late.
+    assert_eq!(
+        exchange(&s, &code, verifier.secret()).await.1["error"],
+        "invalid_grant"
+    );
+
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let p = good_params(&s, challenge.as_str());
+    let code = authorize(&mut s, &p).await["code"].clone();
+    let (status, first) = exchange(&s, &code, verifier.secret()).await;
+    assert_eq!(status, 200, "{first}");
+    let access = first["access_token"].as_str().unwrap().to_owned();
+    let refresh = first["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(introspect(&s, &access).await["active"], true);
+    assert_eq!(introspect(&s, &refresh).await["active"], true);
+    let (status, replay) = exchange(&s, &code, verifier.secret()).await;
+    assert_eq!(
+        (status, replay["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "replayed code"
+    );
+    assert_eq!(
+        introspect(&s, &access).await["active"],
+        false,
+        "a replay revokes the access token"
+    );
+    assert_eq!(
+        introspect(&s, &refresh).await["active"],
+        false,
+        "and the refresh token"
+    );
+
+    // Another client cannot use the code.
+    let other = ClientRegistration {
+        name: "Other".into(),
+        redirect_uris: vec![REDIRECT.into()],
+        skip_consent: true,
+        ..Default::default()
+    };
+    let (other_id, other_secret) = register_client(&s.server.store, other).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let p = good_params(&s, challenge.as_str());
+    let code = authorize(&mut s, &p).await["code"].clone();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.secret()),
+    ];
+    let (_, body) = token(
+        &s,
+        &form,
+        Some((&other_id, other_secret.as_deref().unwrap())),
+    )
+    .await;
+    assert_eq!(body["error"], "invalid_grant");
+
+    // A different redirect_uri at the token endpoint.
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let p = good_params(&s, challenge.as_str());
+    let code = authorize(&mut s, &p).await["code"].clone();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", "http://localhost:9999/other"),
+        ("code_verifier", verifier.secret()),
+    ];
+    assert_eq!(
+        token(&s, &form, Some((&s.id, &s.secret))).await.1["error"],
+        "invalid_grant"
+    );
+
+    // Codes live 60 seconds.
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let p = good_params(&s, challenge.as_str());
+    let code = authorize(&mut s, &p).await["code"].clone();
+    s.server.advance(61);
+    assert_eq!(
+        exchange(&s, &code, verifier.secret()).await.1["error"],
+        "invalid_grant",
+        "expired code"
+    );
+
+    // A missing verifier when a challenge was sent.
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let p = good_params(&s, challenge.as_str());
+    let code = authorize(&mut s, &p).await["code"].clone();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", REDIRECT),
+    ];
+    assert_eq!(
+        token(&s, &form, Some((&s.id, &s.secret))).await.1["error"],
+        "invalid_grant"
+    );
+}
+
+#[tokio::test]
+async fn the_token_endpoint_authenticates_clients_and_rejects_malformed_requests() {
+    let s = setup(true).await;
+    let form = [("grant_type", "client_credentials")];
+    let (status, body) = token(&s, &form, Some((&s.id, "wrong secret"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, body) = token(&s, &form, Some(("nobody", "x"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, body) = token(
+        &s,
+        &[("grant_type", "client_credentials"), ("client_id", &s.id)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "a confidential client without its secret"
+    );
+    let both = [
+        ("grant_type", "client_credentials"),
+        ("client_secret", s.secret.as_str()),
+    ];
+    assert_eq!(
+        token(&s, &both, Some((&s.id, &s.secret))).await.1["error"],
+        "invalid_request",
+        "two methods at once"
+    );
+
+    let (status, body) = token(&s, &form, Some((&s.id, &s.secret))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
+    let post = [
+        ("grant_type", "client_credentials"),
+        ("client_id", s.id.as_str()),
+        ("client_secret", s.secret.as_str()),
+    ];
+    assert_eq!(token(&s, &post, None).await.0, 200, "client_secret_post");
+    let c = introspect(&s, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(c["active"], true);
+    assert_eq!(c["sub"], s.id.as_str());
+
+    for (form, expected) in [
+        (vec![("code", "x")], "invalid_request"),
+        (
+            vec![
+                ("grant_type", "password"),
+                ("username", "ada"),
+                ("password", PW),
+            ],
+            "unsupported_grant_type",
+        ),
+        (vec![("grant_type", "implicit")], "unsupported_grant_type"),
+        (
+            vec![("grant_type", "authorization_code")],
+            "invalid_request",
+        ),
+        (
+            vec![
+                ("grant_type", "authorization_code"),
+                ("code", "nonsense"),
+                ("redirect_uri", REDIRECT),
+            ],
+            "invalid_grant",
+        ),
+        (
+            vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "nonsense"),
+            ],
+            "invalid_grant",
+        ),
+        (vec![("grant_type", "refresh_token")], "invalid_request"),
+        (
+            vec![("grant_type", "client_credentials"), ("scope", "openid")],
+            "invalid_scope",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("grant_type", "client_credentials"),
+            ],
+            "invalid_request",
+        ),
+    ] {
+        let (status, body) = token(&s, &form, Some((&s.id, &s.secret))).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(expected)),
+            "{form:?}"
+        );
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", s.server.base))
+        .basic_auth(&s.id, Some(&s.secret))
+        .body(vec![0xff, 0xfe, b'=', b'&'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "garbage is a 400, not a 500");
+}
+
+#[tokio::test]
+async fn prompt_none_without_a_session_and_forced_reauthentication() {
+    let mut s = setup(true).await;
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let c = challenge.as_str().to_owned();
+    let mut stranger = Browser::new(&s.server);
+    let url = authorize_url(&s, &with(good_params(&s, &c), "prompt", Some("none")));
+    let back = stranger.authorize(&url, None, None).await.unwrap();
+    assert_eq!(query(&back)["error"], "login_required");
+
+    // Signed in already: prompt=login and max_age=0 still show the password form.
+    for (k, v) in [("prompt", "login"), ("max_age", "0")] {
+        // max_age counts whole seconds since the last sign-in.
+        s.server.advance(1);
+        let url = authorize_url(&s, &with(good_params(&s, &c), k, Some(v)));
+        let page = s
+            .browser
+            .authorize(&url, None, None)
+            .await
+            .expect_err("the login form");
+        assert!(page.body.contains("action=\"/login\""), "{k}={v}");
+        s.server.advance(2);
+        let back = s
+            .browser
+            .authorize(&url, Some(("ada", PW)), None)
+            .await
+            .unwrap();
+        assert!(query(&back).contains_key("code"), "{k}={v}: {back}");
+    }
+    // A recent enough sign-in satisfies max_age without a form.
+    let url = authorize_url(&s, &with(good_params(&s, &c), "max_age", Some("3600")));
+    assert!(query(&s.browser.authorize(&url, None, None).await.unwrap()).contains_key("code"));
+}
+
+#[tokio::test]
+async fn consent_is_asked_remembered_and_can_be_refused() {
+    let mut s = setup(false).await;
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let c = challenge.as_str().to_owned();
+    let url = authorize_url(&s, &good_params(&s, &c));
+
+    let none = authorize_url(&s, &with(good_params(&s, &c), "prompt", Some("none")));
+    assert_eq!(
+        query(&s.browser.authorize(&none, None, None).await.unwrap())["error"],
+        "consent_required"
+    );
+
+    let page = s
+        .browser
+        .authorize(&url, None, None)
+        .await
+        .expect_err("the consent page");
+    assert!(
+        page.body.contains("Allow Wiki?")
+            && page.body.contains(">Allow</button>")
+            && page.body.contains(">Deny</button>")
+    );
+    assert!(page.body.contains("see your email address"));
+    let back = s.browser.authorize(&url, None, Some(false)).await.unwrap();
+    assert_eq!(query(&back)["error"], "access_denied");
+
+    let back = s.browser.authorize(&url, None, Some(true)).await.unwrap();
+    assert!(query(&back).contains_key("code"));
+    // Remembered: no page the second time, unless asked for.
+    assert!(query(&s.browser.authorize(&url, None, None).await.unwrap()).contains_key("code"));
+    let again = authorize_url(&s, &with(good_params(&s, &c), "prompt", Some("consent")));
+    assert!(
+        s.browser.authorize(&again, None, None).await.is_err(),
+        "prompt=consent asks again"
+    );
+
+    // The consent form is CSRF-protected.
+    let page = s.browser.open(&again).await;
+    let mut form = crate::harness::hidden_fields(&page.body);
+    form.retain(|(k, _)| k != "csrf");
+    form.push(("csrf".into(), "forged".into()));
+    form.push(("decision".into(), "allow".into()));
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(s.browser.post("/consent", &pairs).await.status, 403);
+}
+
+#[tokio::test]
+async fn tokens_die_with_their_session_and_revocation_works() {
+    let mut s = setup(true).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let params = with(
+        good_params(&s, challenge.as_str()),
+        "scope",
+        Some("openid email"),
+    );
+    let code = authorize(&mut s, &params).await["code"].clone();
+    let (_, t) = exchange(&s, &code, verifier.secret()).await;
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+
+    let userinfo = |token: String| {
+        let base = s.server.base.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{base}/userinfo"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(userinfo(access.clone()).await.status(), 200);
+    let mut tampered = access.clone();
+    tampered.pop();
+    tampered.push(if access.ends_with('A') { 'B' } else { 'A' });
+    let r = userinfo(tampered).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    let unsigned = format!(
+        "eyJhbGciOiJub25lIiwidHlwIjoiYXQrand0In0.{}.",
+        access.split('.').nth(1).unwrap()
+    );
+    assert_eq!(userinfo(unsigned).await.status(), 401, "alg none");
+    assert_eq!(
+        reqwest::Client::new()
+            .get(format!("{}/userinfo", s.server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // Revoking the access token (RFC 7009).
+    let r = reqwest::Client::new()
+        .post(format!("{}/revoke", s.server.base))
+        .basic_auth(&s.id, Some(&s.secret))
+        .form(&[("token", access.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(userinfo(access.clone()).await.status(), 401);
+    assert_eq!(introspect(&s, &access).await["active"], false);
+
+    // Signing out ends the session's refresh tokens (not offline_access).
+    assert_eq!(introspect(&s, &refresh).await["active"], true);
+    let csrf = s.browser.get("/account").await.csrf();
+    s.browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(introspect(&s, &refresh).await["active"], false);
+    let (_, body) = token(
+        &s,
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+        Some((&s.id, &s.secret)),
+    )
+    .await;
+    assert_eq!(body["error"], "invalid_grant");
+
+    // Unauthenticated introspection is refused.
+    let r = reqwest::Client::new()
+        .post(format!("{}/introspect", s.server.base))
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn discovery_and_jwks_tell_the_truth() {
+    let s = setup(true).await;
+    let meta: Value = reqwest::get(format!(
+        "{}/.well-known/openid-configuration",
+        s.server.base
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(meta["issuer"], s.server.base.as_str());
+    assert_eq!(
+        meta["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    assert_eq!(
+        meta["response_types_supported"],
+        serde_json::json!(["code"])
+    );
+    assert_eq!(meta["request_uri_parameter_supported"], false);
+    assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
+    for endpoint in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+        "jwks_uri",
+        "introspection_endpoint",
+        "revocation_endpoint",
+    ] {
+        let url = meta[endpoint].as_str().unwrap();
+        assert!(url.starts_with(&s.server.base), "{endpoint}");
+        let r = reqwest::Client::new().get(url).send().await.unwrap();
+        assert_ne!(r.status(), 404, "{endpoint} exists");
+    }
+    let jwks: Value = reqwest::get(format!("{}/jwks.json", s.server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    let algs: Vec<&str> = keys.iter().map(|k| k["alg"].as_str().unwrap()).collect();
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        assert!(algs.contains(&alg), "{algs:?}");
+    }
+    assert!(
+        keys.iter()
+            .all(|k| k.get("d").is_none() && k.get("p").is_none()),
+        "no private parts"
+    );
+}
