@@ -1,13 +1,15 @@
 -- OpenID Connect: signing keys, authorization codes, consent, refresh tokens, revoked access
 -- tokens, and which clients took part in each session.
 
--- Private keys sealed with AES-256-GCM under the operator's encryption key. A key signs from
--- created_at plus the propagation delay; a rotated key stays published until retired_at plus
--- the longest token lifetime, then is deleted.
+-- Private keys sealed with AES-256-GCM under the operator's encryption key. A key is published
+-- from created_at and signs from activates_at (later than created_at for a rotation, so every
+-- instance publishes it first); a rotated-out key stays published until retired_at plus the
+-- longest token lifetime, then is deleted.
 CREATE TABLE signing_keys (
-    kid        TEXT PRIMARY KEY,
-    alg        TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
+    kid          TEXT PRIMARY KEY,
+    alg          TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    activates_at INTEGER NOT NULL,
     retired_at INTEGER,
     sealed     TEXT NOT NULL
 ) STRICT;

@@ -96,6 +96,10 @@ pub fn lanyard(db: &TestDb) -> Command {
         }
     }
     cmd.env("LANYARD_DATABASE_URL", &db.url);
+    cmd.env(
+        "LANYARD_KEYS__ENCRYPTION_KEY_FILE",
+        db.dir.path().join("lanyard.key"),
+    );
     // Cheap argon2 parameters: these tests are about the command line, not the cost of hashing.
     cmd.env("LANYARD_PASSWORD__MEMORY_KIB", "64")
         .env("LANYARD_PASSWORD__ITERATIONS", "1");
@@ -147,11 +151,19 @@ impl TestServer {
     /// Lanyard at `http://localhost:PORT`, its own issuer: what a browser needs (Origin checks,
     /// and WebAuthn, which refuses IP addresses).
     pub async fn start_on_localhost(db: &TestDb) -> Self {
+        Self::start_on_localhost_with(db, |_| {}).await
+    }
+
+    pub async fn start_on_localhost_with(
+        db: &TestDb,
+        configure: impl FnOnce(&mut lanyard_server::Config),
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let issuer = format!("http://localhost:{port}");
         let mut server = Self::start_on(db, listener, |c| {
             c.issuer = issuer.clone().try_into().unwrap();
+            configure(c);
         })
         .await;
         server.base = issuer;
@@ -169,6 +181,7 @@ impl TestServer {
         };
         config.password.memory_kib = 64;
         config.password.iterations = 1;
+        config.keys.encryption_key_file = Some(db.dir.path().join("lanyard.key"));
         configure(&mut config);
         // Starts at the real time, so the `lanyard` binary (on the wall clock) agrees with it.
         let clock = Arc::new(lanyard_core::ManualClock::new(lanyard_core::Clock::now(

@@ -279,3 +279,115 @@ async fn code_flow_with_es256() {
 async fn code_flow_with_eddsa() {
     full_flow(IdTokenAlg::EdDSA).await;
 }
+
+#[tokio::test]
+async fn dynamic_registration_needs_the_token_and_registers_a_working_client() {
+    let db = TestDb::new().await;
+    let off = TestServer::start_on_localhost(&db).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/register", off.base))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "off unless configured");
+    drop(off);
+
+    let iat = "an-initial-access-token-of-enough-length-0123456789";
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost_with(&db, |c| {
+        c.registration.initial_access_token = Some(lanyard_server::config::Redacted(iat.into()));
+    })
+    .await;
+    server.add_user("ada", PW).await;
+    let register = |token: Option<&'static str>, body: serde_json::Value| {
+        let url = format!("{}/register", server.base);
+        async move {
+            let mut req = reqwest::Client::new().post(url).json(&body);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let good = serde_json::json!({"client_name": "Dynamic", "redirect_uris": [REDIRECT], "id_token_signed_response_alg": "ES256"});
+    assert_eq!(register(None, good.clone()).await.0, 401);
+    assert_eq!(
+        register(Some("wrong-token-wrong-token-wrong-token-xx"), good.clone())
+            .await
+            .0,
+        401
+    );
+    let (status, body) = register(
+        Some(iat),
+        serde_json::json!({"redirect_uris": ["http://evil.example/cb"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_redirect_uri"))
+    );
+    let (status, body) = register(
+        Some(iat),
+        serde_json::json!({"redirect_uris": [REDIRECT], "response_types": ["token"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_client_metadata"))
+    );
+    let (status, body) = register(
+        Some(iat),
+        serde_json::json!({"redirect_uris": "not a list"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_client_metadata"))
+    );
+
+    let (status, body) = register(Some(iat), good).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["client_id"].as_str().unwrap().to_owned();
+    let secret = body["client_secret"].as_str().unwrap().to_owned();
+    let meta: serde_json::Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        meta["registration_endpoint"],
+        format!("{}/register", server.base)
+    );
+
+    // The registered client works with a stock relying party, after the user consents.
+    let rp = relying_party(&server, &id, Some(&secret)).await;
+    let mut browser = Browser::new(&server);
+    let s = start(&rp, &[]);
+    let back = browser
+        .authorize(&s.url, Some(("ada", PW)), Some(true))
+        .await
+        .unwrap();
+    let code = code_from(&back, &s.csrf, &server.base);
+    let tokens = rp
+        .exchange_code(AuthorizationCode::new(code))
+        .unwrap()
+        .set_pkce_verifier(s.verifier)
+        .request_async(&http())
+        .await
+        .unwrap();
+    let verifier = rp
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+    tokens
+        .id_token()
+        .unwrap()
+        .claims(&verifier, &s.nonce)
+        .expect("a valid ES256 ID token");
+}

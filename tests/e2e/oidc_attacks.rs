@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use lanyard_core::Clock;
 use lanyard_core::client::{ClientRegistration, GrantType};
 use openidconnect::PkceCodeChallenge;
 use serde_json::Value;
@@ -686,4 +687,145 @@ async fn discovery_and_jwks_tell_the_truth() {
             .all(|k| k.get("d").is_none() && k.get("p").is_none()),
         "no private parts"
     );
+}
+
+#[tokio::test]
+async fn id_token_hints_are_checked_and_name_the_expected_user() {
+    let mut s = setup(true).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let p = good_params(&s, challenge.as_str());
+    let code = authorize(&mut s, &p).await["code"].clone();
+    let (_, t) = exchange(&s, &code, verifier.secret()).await;
+    let id_token = t["id_token"].as_str().unwrap().to_owned();
+
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let c = challenge.as_str().to_owned();
+    let hinted = with(
+        with(good_params(&s, &c), "prompt", Some("none")),
+        "id_token_hint",
+        Some(&id_token),
+    );
+    assert!(
+        authorize(&mut s, &hinted).await.contains_key("code"),
+        "the hinted user is signed in"
+    );
+
+    let mut forged = id_token.clone();
+    forged.pop();
+    for bad in [
+        forged.as_str(),
+        "not.a.jwt",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+    ] {
+        let params = with(good_params(&s, &c), "id_token_hint", Some(bad));
+        assert_eq!(
+            authorize(&mut s, &params).await["error"],
+            "invalid_request",
+            "{bad}"
+        );
+    }
+
+    // Signed in as someone else: prompt=none cannot answer for the hinted user.
+    s.server.add_user("bob", PW).await;
+    let csrf = s.browser.get("/account").await.csrf();
+    s.browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(s.browser.sign_in("bob", PW).await.status, 303);
+    assert_eq!(authorize(&mut s, &hinted).await["error"], "login_required");
+}
+
+#[tokio::test]
+async fn rotated_keys_are_published_at_once_and_sign_after_propagation() {
+    use crate::harness::{lanyard, run, stderr};
+    let s = setup(true).await;
+    let jwks = || async {
+        let v: Value = reqwest::get(format!("{}/jwks.json", s.server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let kid_of = |token: &str| {
+        use base64::Engine as _;
+        let h = token.split('.').next().unwrap();
+        let h: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .unwrap(),
+        )
+        .unwrap();
+        h["kid"].as_str().unwrap().to_owned()
+    };
+    let issue = || async {
+        let (_, t) = token(
+            &s,
+            &[("grant_type", "client_credentials")],
+            Some((&s.id, &s.secret)),
+        )
+        .await;
+        t["access_token"].as_str().unwrap().to_owned()
+    };
+    let before = jwks().await;
+    assert_eq!(before.len(), 3);
+    let old_token = issue().await;
+    let old_kid = kid_of(&old_token);
+
+    let out = run(
+        lanyard(&s._db).args(["keys", "rotate", "--alg", "RS256"]),
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.server
+        .state
+        .keys
+        .reload(&*s.server.store, s.server.clock.now())
+        .await
+        .unwrap();
+    let after = jwks().await;
+    assert_eq!(
+        after.len(),
+        4,
+        "the new key is published at once, the old one kept"
+    );
+    assert!(after.contains(&old_kid));
+    assert_eq!(
+        kid_of(&issue().await),
+        old_kid,
+        "the old key signs until the new one has propagated"
+    );
+
+    s.server
+        .advance(lanyard_server::keys::PROPAGATION.as_secs() + 1);
+    s.server
+        .state
+        .keys
+        .reload(&*s.server.store, s.server.clock.now())
+        .await
+        .unwrap();
+    let new_token = issue().await;
+    assert_ne!(kid_of(&new_token), old_kid, "the new key signs now");
+    assert_eq!(introspect(&s, &new_token).await["active"], true);
+    assert_eq!(
+        introspect(&s, &old_token).await["active"],
+        true,
+        "the old key still verifies its tokens"
+    );
+
+    // Once its tokens have expired, the old key is dropped.
+    s.server.advance(3 * 3600);
+    s.server
+        .state
+        .keys
+        .reload(&*s.server.store, s.server.clock.now())
+        .await
+        .unwrap();
+    let later = jwks().await;
+    assert!(!later.contains(&old_kid), "{later:?}");
+    assert_eq!(later.len(), 3);
 }

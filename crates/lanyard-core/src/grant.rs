@@ -14,6 +14,8 @@ pub struct StoredKey {
     pub kid: String,
     pub alg: IdTokenAlg,
     pub created_at: UnixTime,
+    /// When it starts signing.
+    pub activates_at: UnixTime,
     pub retired_at: Option<UnixTime>,
     pub sealed: String,
 }

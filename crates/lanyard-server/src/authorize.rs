@@ -187,6 +187,8 @@ struct Checked {
     prompt: Prompt,
     max_age: Option<u64>,
     code_challenge: Option<String>,
+    /// The `sub` of a valid `id_token_hint`: the user the app expects.
+    hinted_sub: Option<String>,
 }
 
 fn check(
@@ -276,11 +278,35 @@ fn check(
             })?),
             None => None,
         };
+    // An ID token this issuer signed for this client; expired ones are fine (Core §3.1.2.1).
+    let hinted_sub = match get("id_token_hint") {
+        Some(hint) => {
+            let claims = state.keys.current().verify(hint, "JWT").filter(|c| {
+                c.get("iss").and_then(|i| i.as_str()) == Some(state.config.issuer.as_str())
+                    && c.get("aud").and_then(|a| a.as_str()) == Some(client.id.as_str())
+            });
+            let sub = claims
+                .as_ref()
+                .and_then(|c| c.get("sub"))
+                .and_then(|s| s.as_str());
+            match sub {
+                Some(sub) => Some(sub.to_owned()),
+                None => {
+                    return Err(OAuthError::new(
+                        InvalidRequest,
+                        "id_token_hint is not an ID token this issuer gave this client",
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
     Ok(Checked {
         scope,
         prompt,
         max_age,
         code_challenge,
+        hinted_sub,
     })
 }
 
@@ -303,7 +329,15 @@ async fn proceed(
             now.as_secs() - me.session.auth_time.as_secs() > i64::try_from(max).unwrap_or(i64::MAX)
         })
     };
-    let fresh_enough = me.as_ref().is_some_and(|m| !c.prompt.login && !too_old(m));
+    // A session of someone other than the hinted user does not count (Core §3.1.2.1).
+    let expected = |m: &SignedIn| {
+        c.hinted_sub
+            .as_deref()
+            .is_none_or(|sub| sub == m.user.id.as_str())
+    };
+    let fresh_enough = me
+        .as_ref()
+        .is_some_and(|m| !c.prompt.login && !too_old(m) && expected(m));
     let me = match me {
         Some(me) if fresh_enough => me,
         _ if c.prompt.none => {

@@ -31,6 +31,7 @@ pub struct Config {
     pub throttle: ThrottlePolicy,
     pub keys: KeysConfig,
     pub tokens: TokensConfig,
+    pub registration: RegistrationConfig,
 }
 
 impl Default for Config {
@@ -47,6 +48,7 @@ impl Default for Config {
             throttle: ThrottlePolicy::default(),
             keys: KeysConfig::default(),
             tokens: TokensConfig::default(),
+            registration: RegistrationConfig::default(),
         }
     }
 }
@@ -147,6 +149,14 @@ pub struct KeysConfig {
     /// Where to read (or create, mode 0600) the encryption key when `encryption_key` is unset.
     /// Default: `lanyard.key` beside the SQLite database, or in the working directory.
     pub encryption_key_file: Option<std::path::PathBuf>,
+}
+
+/// Dynamic Client Registration (RFC 7591): off unless a token is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// The bearer token `/register` requires (`lanyard client token` makes one).
+    pub initial_access_token: Option<Redacted>,
 }
 
 /// A secret configuration value: never printed by `Debug`.
@@ -325,6 +335,14 @@ impl Config {
             && crate::keys::decode_encryption_key(&key.0).is_none()
         {
             return bad("keys.encryption_key", "must be 32 bytes, base64url-encoded");
+        }
+        if let Some(t) = &self.registration.initial_access_token
+            && t.0.len() < 32
+        {
+            return bad(
+                "registration.initial_access_token",
+                "must be at least 32 characters",
+            );
         }
         for (key, d) in [
             ("tokens.id_token_lifetime", self.tokens.id_token_lifetime),

@@ -10,7 +10,7 @@ use crate::AppState;
 
 pub(crate) async fn discovery_get(State(state): State<AppState>) -> impl IntoResponse {
     let issuer = state.config.issuer.as_str();
-    let doc = json!({
+    let mut doc = json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/token"),
@@ -39,6 +39,9 @@ pub(crate) async fn discovery_get(State(state): State<AppState>) -> impl IntoRes
         "request_uri_parameter_supported": false,
         "authorization_response_iss_parameter_supported": true,
     });
+    if state.config.registration.initial_access_token.is_some() {
+        doc["registration_endpoint"] = format!("{issuer}/register").into();
+    }
     (
         [
             (header::CONTENT_TYPE, "application/json"),

@@ -2,8 +2,8 @@
 //! and refreshed from the store every minute so a rotation made elsewhere (another instance,
 //! `lanyard keys rotate`) reaches every instance within that bound.
 //!
-//! A new key is published at once but signs only after `PROPAGATION` (unless it is the only
-//! key of its algorithm), so no instance hands out a token whose key another instance's JWKS
+//! A rotated-in key is published at once but signs only from its `activates_at`,
+//! `PROPAGATION` later, so no instance hands out a token whose key another instance's JWKS
 //! does not list yet. A rotated key stays published until every token it signed has expired.
 
 use std::collections::HashMap;
@@ -55,6 +55,31 @@ impl KeySet {
     pub fn by_kid(&self, kid: &str) -> Option<&Arc<SigningKey>> {
         self.by_kid.get(kid)
     }
+
+    /// The claims of a compact JWS that one of these keys signed, with header `typ` equal to
+    /// `typ` and `alg` the key's own (so `none` and algorithm swaps fail). Expiry and audience
+    /// are the caller's to check.
+    pub fn verify(&self, token: &str, typ: &str) -> Option<serde_json::Value> {
+        let mut parts = token.split('.');
+        let (h, c, s) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
+        if header.get("typ")?.as_str()? != typ {
+            return None;
+        }
+        let key = self.by_kid(header.get("kid")?.as_str()?)?;
+        if header.get("alg")?.as_str()? != key.alg().as_str() {
+            return None;
+        }
+        let signed = token.get(..h.len() + 1 + c.len())?;
+        if !key.verifies(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(s).ok()?) {
+            return None;
+        }
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).ok()?).ok()
+    }
 }
 
 pub struct KeyRing {
@@ -72,7 +97,7 @@ impl KeyRing {
     ) -> Result<Arc<Self>, KeysError> {
         let sealer = Sealer::new(&encryption_key(config)?)?;
         let t = &config.tokens;
-        // A rotated key signs for up to PROPAGATION more, then its tokens live this long.
+        // A retired key stopped signing at `retired_at`; its tokens live at most this long more.
         let retention = PROPAGATION
             + t.id_token_lifetime.max(t.access_token_lifetime)
             + Duration::from_secs(300);
@@ -115,10 +140,17 @@ impl KeyRing {
             .await
             .map_err(|e| KeysError::EncryptionKey(e.to_string()))??;
         let sealed = self.sealer.seal(&pkcs8, key.kid())?;
+        // A rotation's key waits until every instance publishes it; a first key signs at once.
+        let activates_at = if rotate {
+            now.saturating_add(PROPAGATION)
+        } else {
+            now
+        };
         let stored = StoredKey {
             kid: key.kid().to_owned(),
             alg,
             created_at: now,
+            activates_at,
             retired_at: None,
             sealed,
         };
@@ -157,11 +189,9 @@ impl KeyRing {
         }
         let mut active = HashMap::new();
         for alg in ALGS {
-            // Newest first: the newest key old enough to be everywhere, else the oldest there is.
+            // Latest activation first: the key whose turn has come, else the earliest there is.
             let of_alg: Vec<&StoredKey> = stored.iter().filter(|k| k.alg == alg).collect();
-            let ready = of_alg
-                .iter()
-                .find(|k| k.created_at.saturating_add(PROPAGATION) <= now);
+            let ready = of_alg.iter().find(|k| k.activates_at <= now);
             if let Some(k) = ready.or(of_alg.last())
                 && let Some(parsed) = by_kid.get(&k.kid)
             {

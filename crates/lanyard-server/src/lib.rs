@@ -12,6 +12,7 @@ mod health;
 pub mod keys;
 mod login;
 pub mod passwords;
+mod register;
 mod resource;
 mod serve;
 mod session;

@@ -28,6 +28,7 @@ use crate::health::{healthz_get, readyz_get};
 use crate::keys::KeyRing;
 use crate::login::{login_get, login_post, logout_post};
 use crate::passwords::Passwords;
+use crate::register::register_post;
 use crate::resource::{introspect_post, revoke_post, userinfo};
 use crate::session::spawn_sweeper;
 use crate::throttle::AuditGate;
@@ -103,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/userinfo", get(userinfo).post(userinfo))
         .route("/introspect", post(introspect_post))
         .route("/revoke", post(revoke_post))
+        .route("/register", post(register_post))
         .layer(middleware)
         // Outermost, so early answers (413, 408) carry the headers too.
         .layer(axum::middleware::from_fn_with_state(

@@ -156,6 +156,7 @@ pub(crate) struct KeyRow {
     kid: String,
     alg: String,
     created_at: i64,
+    activates_at: i64,
     retired_at: Option<i64>,
     sealed: String,
 }
@@ -171,6 +172,7 @@ impl TryFrom<KeyRow> for StoredKey {
             kid: r.kid,
             alg,
             created_at: UnixTime::from_secs(r.created_at),
+            activates_at: UnixTime::from_secs(r.activates_at),
             retired_at: r.retired_at.map(UnixTime::from_secs),
             sealed: r.sealed,
         })
@@ -881,8 +883,8 @@ macro_rules! impl_store {
 
             async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
                 let rows = sqlx::query_as::<_, KeyRow>(
-                    "SELECT kid, alg, created_at, retired_at, sealed FROM signing_keys \
-                     ORDER BY created_at DESC, kid",
+                    "SELECT kid, alg, created_at, activates_at, retired_at, sealed FROM signing_keys \
+                     ORDER BY activates_at DESC, created_at DESC, kid",
                 )
                 .fetch_all(&self.pool)
                 .await
@@ -902,19 +904,21 @@ macro_rules! impl_store {
                         "UPDATE signing_keys SET retired_at = $2 WHERE alg = $1 AND retired_at IS NULL",
                     )
                     .bind(k.alg.as_str())
-                    .bind(k.created_at.as_secs())
+                    // Retired when the new key takes over: until then it still signs.
+                    .bind(k.activates_at.as_secs())
                     .execute(&mut *tx)
                     .await
                     .map_err(from_sqlx)?;
                 }
                 sqlx::query(
-                    "INSERT INTO signing_keys (kid, alg, created_at, retired_at, sealed) \
-                     VALUES ($1, $2, $3, NULL, $4)",
+                    "INSERT INTO signing_keys (kid, alg, created_at, activates_at, retired_at, sealed) \
+                     VALUES ($1, $2, $3, $5, NULL, $4)",
                 )
                 .bind(k.kid.as_str())
                 .bind(k.alg.as_str())
                 .bind(k.created_at.as_secs())
                 .bind(k.sealed.as_str())
+                .bind(k.activates_at.as_secs())
                 .execute(&mut *tx)
                 .await
                 .map_err(from_sqlx)?;

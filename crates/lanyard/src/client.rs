@@ -47,6 +47,8 @@ pub enum ClientCommand {
     },
     /// Remove a client by its client_id.
     Remove { client_id: String },
+    /// Print a new initial access token for Dynamic Client Registration (`/register`).
+    Token,
 }
 
 #[derive(serde::Serialize)]
@@ -113,6 +115,20 @@ pub async fn run(ctx: &Ctx, cmd: ClientCommand) -> anyhow::Result<()> {
             } else {
                 print_clients(&clients);
             }
+        }
+        ClientCommand::Token => {
+            let token = lanyard_core::secret::random_token(32)?;
+            let enabled = ctx.config.registration.initial_access_token.is_some();
+            println!("{token}");
+            eprintln!(
+                "Set it as registration.initial_access_token (or LANYARD_REGISTRATION__INITIAL_ACCESS_TOKEN) \
+                 and restart to {} /register; apps then send it as a Bearer token.",
+                if enabled {
+                    "replace the current token of"
+                } else {
+                    "enable"
+                }
+            );
         }
         ClientCommand::Remove { client_id } => {
             let id = ClientId::from_stored(client_id);

@@ -27,6 +27,7 @@ struct KeyInfo {
     kid: String,
     alg: &'static str,
     created_at: lanyard_core::UnixTime,
+    activates_at: lanyard_core::UnixTime,
     retired_at: Option<lanyard_core::UnixTime>,
 }
 
@@ -59,16 +60,23 @@ pub async fn run(ctx: &Ctx, cmd: KeysCommand) -> anyhow::Result<()> {
                     kid: k.kid,
                     alg: k.alg.as_str(),
                     created_at: k.created_at,
+                    activates_at: k.activates_at,
                     retired_at: k.retired_at,
                 })
                 .collect();
             if json.json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
-                println!("{:<44} {:<6} {:<21} RETIRED", "KID", "ALG", "CREATED");
+                println!(
+                    "{:<44} {:<6} {:<21} {:<21} RETIRED",
+                    "KID", "ALG", "CREATED", "SIGNS FROM"
+                );
                 for k in keys {
                     let retired = k.retired_at.map_or("-".to_owned(), |t| t.to_string());
-                    println!("{:<44} {:<6} {:<21} {retired}", k.kid, k.alg, k.created_at);
+                    println!(
+                        "{:<44} {:<6} {:<21} {:<21} {retired}",
+                        k.kid, k.alg, k.created_at, k.activates_at
+                    );
                 }
             }
         }
