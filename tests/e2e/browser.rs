@@ -77,3 +77,42 @@ async fn a_person_signs_in_and_out_on_a_phone_sized_browser() {
         "signed out for real"
     );
 }
+
+/// openid-client, the certified Node.js relying party, signs in through the login page in
+/// Chromium, validates the ID token, reads userinfo and refreshes.
+#[tokio::test]
+async fn openid_client_for_node_signs_in_and_refreshes() {
+    if !available() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost(&db).await;
+    let ada = server.add_user("ada", "correct horse battery").await;
+    let redirect = "http://localhost:9/callback";
+    let reg = lanyard_core::client::ClientRegistration {
+        name: "Node app".into(),
+        redirect_uris: vec![redirect.into()],
+        skip_consent: true,
+        ..Default::default()
+    };
+    let (id, secret) = crate::harness::register_client(&server.store, reg).await;
+    let secret = secret.unwrap();
+    let out = node(
+        "openid-client.mjs",
+        &[
+            &server.base,
+            &id,
+            &secret,
+            redirect,
+            "ada",
+            "correct horse battery",
+        ],
+    )
+    .await;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["sub"], ada.as_str());
+    assert_eq!(result["refreshed_sub"], ada.as_str());
+    assert_eq!(result["email"], "ada@example.org");
+    assert_eq!(result["preferred_username"], "ada");
+    assert_eq!(result["rotated"], true);
+}

@@ -249,6 +249,18 @@ async fn full_flow(alg: IdTokenAlg) {
         )
         .unwrap();
     assert_eq!(c2.subject(), claims.subject());
+    // The session remembers both apps, for the logout that will have to reach them.
+    let sid = raw_claims["sid"].as_str().unwrap();
+    let apps: Vec<String> = server
+        .store
+        .session_clients(sid)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(apps.len(), 2);
+    assert!(apps.contains(&id) && apps.contains(&id2), "{apps:?}");
 
     // After sign-out, prompt=none says login_required.
     let csrf = browser.get("/account").await.csrf();

@@ -829,3 +829,101 @@ async fn rotated_keys_are_published_at_once_and_sign_after_propagation() {
     assert!(!later.contains(&old_kid), "{later:?}");
     assert_eq!(later.len(), 3);
 }
+
+#[tokio::test]
+async fn public_clients_use_pkce_without_a_secret_and_post_works_everywhere() {
+    let mut s = setup(true).await;
+    let public = ClientRegistration {
+        name: "SPA".into(),
+        redirect_uris: vec![REDIRECT.into()],
+        public: true,
+        skip_consent: true,
+        ..Default::default()
+    };
+    let (spa, none) = register_client(&s.server.store, public).await;
+    assert!(none.is_none());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+
+    // POST /authorize, as a form, is the same request as GET.
+    let mut params = good_params(&s, challenge.as_str());
+    params.retain(|(k, _)| *k != "client_id");
+    params.push(("client_id", spa.clone()));
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = s.browser.post("/authorize", &pairs).await;
+    assert_eq!(r.status, 303);
+    let back = url::Url::parse(r.location().unwrap()).unwrap();
+    let code = query(&back)["code"].clone();
+
+    // `none` authentication: client_id in the body, no secret; the verifier proves possession.
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.secret().as_str()),
+        ("client_id", spa.as_str()),
+    ];
+    let (status, t) = token(&s, &form, None).await;
+    assert_eq!(status, 200, "{t}");
+    let access = t["access_token"].as_str().unwrap().to_owned();
+
+    // A secret for a public client is not a way in either.
+    let (status, _) = token(
+        &s,
+        &[("grant_type", "client_credentials")],
+        Some((&spa, "anything")),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // POST /userinfo with the token in the body (RFC 6750 §2.2).
+    let r = reqwest::Client::new()
+        .post(format!("{}/userinfo", s.server.base))
+        .form(&[("access_token", access.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(info["email"], "ada@example.org");
+
+    // Ending the session makes introspection say inactive at once.
+    assert_eq!(introspect(&s, &access).await["active"], true);
+    let csrf = s.browser.get("/account").await.csrf();
+    s.browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(introspect(&s, &access).await["active"], false);
+
+    // login_hint fills in the username on the form.
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let hinted = with(
+        good_params(&s, challenge.as_str()),
+        "login_hint",
+        Some("ada"),
+    );
+    let page = s
+        .browser
+        .authorize(&authorize_url(&s, &hinted), None, None)
+        .await
+        .expect_err("the login form");
+    assert!(page.body.contains("value=\"ada\""), "the hint is prefilled");
+}
+
+#[tokio::test]
+async fn keys_sealed_under_another_encryption_key_stop_start_up_with_a_clear_error() {
+    let db = TestDb::new().await;
+    let _first = TestServer::start(&db, |_| {}).await;
+    let config = lanyard_server::Config {
+        database_url: db.url.clone(),
+        keys: lanyard_server::config::KeysConfig {
+            encryption_key: Some(lanyard_server::config::Redacted("A".repeat(43))),
+            encryption_key_file: None,
+        },
+        ..Default::default()
+    };
+    let store = db.store().await;
+    let clock = std::sync::Arc::new(lanyard_core::SystemClock);
+    let err = lanyard_server::AppState::new(store, clock, config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("wrong encryption key"), "{err}");
+}

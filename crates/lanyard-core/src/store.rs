@@ -156,6 +156,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a code and records that its client takes part in its session.
     async fn insert_code(&self, code: &AuthorizationCode) -> Result<(), StoreError>;
+    /// The clients that received a code under the session `public_id`, oldest first.
+    async fn session_clients(&self, public_id: &str) -> Result<Vec<ClientId>, StoreError>;
     /// Consumes a code: the first call gets it, later calls learn it was replayed.
     async fn redeem_code(&self, digest: &str, now: UnixTime) -> Result<CodeRedemption, StoreError>;
     /// Records what a code was exchanged for.

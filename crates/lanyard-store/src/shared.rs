@@ -970,6 +970,17 @@ macro_rules! impl_store {
                 tx.commit().await.map_err(from_sqlx)
             }
 
+            async fn session_clients(&self, public_id: &str) -> Result<Vec<ClientId>, StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT client_id FROM session_clients WHERE session_id = $1 ORDER BY first_at, client_id",
+                )
+                .bind(public_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(rows.into_iter().map(|(c,)| ClientId::from_stored(c)).collect())
+            }
+
             async fn redeem_code(&self, digest: &str, now: UnixTime) -> Result<CodeRedemption, StoreError> {
                 // One statement decides who gets the code: of two racing redemptions, one
                 // updates the row and the other finds `used_at` already set.
