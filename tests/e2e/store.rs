@@ -36,6 +36,7 @@ fn registration(name: &str) -> ClientRegistration {
         skip_consent: true,
         id_token_alg: IdTokenAlg::ES256,
         grant_types: vec![GrantType::AuthorizationCode, GrantType::ClientCredentials],
+        require_mfa: true,
     }
 }
 
@@ -232,6 +233,7 @@ async fn clients_round_trip() {
     );
     assert_eq!(c.id_token_alg, IdTokenAlg::ES256);
     assert!(c.skip_consent);
+    assert!(c.require_mfa);
     assert_eq!(c.created_at, UnixTime::from_secs(5));
     // Only the digest is stored, and it still recognises the secret.
     let secret = secrecy::ExposeSecret::expose_secret(valid.secret.as_ref().unwrap()).to_owned();

@@ -22,6 +22,12 @@ pub enum AuditKind {
     ConsentGranted,
     CodeReplayed,
     RefreshTokenReused,
+    MfaEnrolled,
+    MfaRemoved,
+    MfaSucceeded,
+    MfaFailed,
+    RecoveryCodeUsed,
+    RecoveryCodesRenewed,
 }
 
 impl AuditKind {
@@ -41,6 +47,12 @@ impl AuditKind {
             Self::ConsentGranted => "consent.granted",
             Self::CodeReplayed => "token.code_replayed",
             Self::RefreshTokenReused => "token.refresh_reused",
+            Self::MfaEnrolled => "mfa.enrolled",
+            Self::MfaRemoved => "mfa.removed",
+            Self::MfaSucceeded => "mfa.succeeded",
+            Self::MfaFailed => "mfa.failed",
+            Self::RecoveryCodeUsed => "mfa.recovery_code_used",
+            Self::RecoveryCodesRenewed => "mfa.recovery_codes_renewed",
         }
     }
 }

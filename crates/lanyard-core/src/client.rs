@@ -142,6 +142,8 @@ pub struct Client {
     pub id_token_alg: IdTokenAlg,
     pub skip_consent: bool,
     pub created_at: UnixTime,
+    /// Users must pass a second factor to sign in to this client.
+    pub require_mfa: bool,
 }
 
 impl Client {
@@ -171,6 +173,7 @@ pub struct ClientRegistration {
     pub id_token_alg: IdTokenAlg,
     /// Empty means the default: authorization_code and refresh_token.
     pub grant_types: Vec<GrantType>,
+    pub require_mfa: bool,
 }
 
 /// A validated client, ready to store, and its secret in clear for the one time it is shown.
@@ -238,6 +241,7 @@ impl ClientRegistration {
             id_token_alg: self.id_token_alg,
             skip_consent: self.skip_consent,
             created_at: now,
+            require_mfa: self.require_mfa,
         };
         Ok(ValidClient { client, secret })
     }

@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod grant;
 pub mod jose;
+pub mod mfa;
 pub mod oauth;
 pub mod password;
 pub mod secret;

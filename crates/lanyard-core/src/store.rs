@@ -11,6 +11,7 @@ use crate::client::{Client, ClientId};
 use crate::grant::{
     AuthorizationCode, CodeRedemption, RefreshRedemption, RefreshToken, StoredKey, StoredRefresh,
 };
+use crate::mfa::{PendingSignIn, TotpFactor};
 use crate::session::{EndReason, NewSession, Session};
 use crate::throttle::{AttemptOutcome, Failures, Key};
 use crate::user::{NewUser, User, UserId, Username};
@@ -200,6 +201,54 @@ pub trait Store: Send + Sync + 'static {
     /// Lists an access token's `jti` as revoked until it would expire anyway.
     async fn revoke_access_token(&self, jti: &str, expires_at: UnixTime) -> Result<(), StoreError>;
     async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+
+    /// The user's authenticator, confirmed or not.
+    async fn totp_factor(&self, user: &UserId) -> Result<Option<TotpFactor>, StoreError>;
+    /// Starts (or restarts) enrolment with a new sealed secret; false if the user already has a
+    /// confirmed authenticator (it must be removed first).
+    async fn begin_totp(
+        &self,
+        user: &UserId,
+        sealed: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+    /// Confirms an enrolment with the step of the code the user entered, and replaces the
+    /// recovery codes; false if there was nothing to confirm.
+    async fn confirm_totp(
+        &self,
+        user: &UserId,
+        step: i64,
+        recovery_digests: &[String],
+        event: &NewAuditEvent,
+    ) -> Result<bool, StoreError>;
+    /// Accepts `step` for the user's confirmed authenticator only if it is later than every step
+    /// accepted before (RFC 6238 §5.2); false otherwise.
+    async fn use_totp_step(&self, user: &UserId, step: i64) -> Result<bool, StoreError>;
+    /// Removes the authenticator and the recovery codes; false if there was none.
+    async fn remove_totp(&self, user: &UserId, event: &NewAuditEvent) -> Result<bool, StoreError>;
+    async fn replace_recovery_codes(
+        &self,
+        user: &UserId,
+        digests: &[String],
+        event: &NewAuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Marks a recovery code used; false if it is unknown or was used before.
+    async fn use_recovery_code(
+        &self,
+        user: &UserId,
+        digest: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+    async fn recovery_codes_left(&self, user: &UserId) -> Result<u32, StoreError>;
+
+    async fn create_pending_signin(&self, pending: &PendingSignIn) -> Result<(), StoreError>;
+    /// The pending sign-in with this digest, if it has not expired.
+    async fn pending_signin(
+        &self,
+        digest: &str,
+        now: UnixTime,
+    ) -> Result<Option<PendingSignIn>, StoreError>;
+    async fn delete_pending_signin(&self, digest: &str) -> Result<(), StoreError>;
 
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError>;
     /// The newest `limit` events, newest first, optionally only those about one user.

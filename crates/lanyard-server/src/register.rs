@@ -127,6 +127,7 @@ async fn register(state: &AppState, meta: Metadata) -> Result<Response, Response
         skip_consent: false,
         id_token_alg,
         grant_types,
+        require_mfa: false,
     };
     let valid = registration.validate(now).map_err(|e| match e {
         RegistrationError::Input(i) => {

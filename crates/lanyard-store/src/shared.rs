@@ -6,6 +6,7 @@ use lanyard_core::client::{Client, ClientId, GrantType, IdTokenAlg};
 use lanyard_core::grant::{
     Authentication, AuthorizationCode, RefreshToken, StoredKey, StoredRefresh,
 };
+use lanyard_core::mfa::PendingSignIn;
 use lanyard_core::session::{EndReason, Session};
 use lanyard_core::user::{DisplayName, Email, User, UserId, Username};
 use lanyard_core::{StoreError, UnixTime};
@@ -20,7 +21,7 @@ macro_rules! client_columns {
     () => {
         "id, name, secret_hash, public, redirect_uris, post_logout_redirect_uris, \
          backchannel_logout_uri, frontchannel_logout_uri, grant_types, id_token_alg, \
-         skip_consent, created_at"
+         skip_consent, created_at, require_mfa"
     };
 }
 
@@ -63,6 +64,7 @@ pub(crate) struct ClientRow {
     id_token_alg: String,
     skip_consent: bool,
     created_at: i64,
+    require_mfa: bool,
 }
 
 impl TryFrom<ClientRow> for Client {
@@ -91,6 +93,7 @@ impl TryFrom<ClientRow> for Client {
             id_token_alg,
             skip_consent: r.skip_consent,
             created_at: UnixTime::from_secs(r.created_at),
+            require_mfa: r.require_mfa,
         })
     }
 }
@@ -286,6 +289,29 @@ impl From<RefreshStateRow> for StoredRefresh {
 }
 
 #[derive(sqlx::FromRow)]
+pub(crate) struct PendingRow {
+    id_digest: String,
+    user_id: String,
+    created_at: i64,
+    expires_at: i64,
+    amr: String,
+    return_to: String,
+}
+
+impl From<PendingRow> for PendingSignIn {
+    fn from(r: PendingRow) -> Self {
+        PendingSignIn {
+            id_digest: r.id_digest,
+            user_id: UserId::from_stored(r.user_id),
+            created_at: UnixTime::from_secs(r.created_at),
+            expires_at: UnixTime::from_secs(r.expires_at),
+            amr: split(&r.amr).map(str::to_owned).collect(),
+            return_to: r.return_to,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
 pub(crate) struct AuditRow {
     id: i64,
     at: i64,
@@ -336,9 +362,11 @@ macro_rules! impl_store {
             StoredRefresh,
         };
 
+        use lanyard_core::mfa::{PendingSignIn, TotpFactor};
+
         use crate::shared::{
-            AuditRow, ClientRow, CodeRow, EndedRow, KeyRow, RefreshRow, RefreshStateRow, SessionRow,
-            UserRow,
+            AuditRow, ClientRow, CodeRow, EndedRow, KeyRow, PendingRow, RefreshRow, RefreshStateRow,
+            SessionRow, UserRow,
             ended_event, join,
         };
 
@@ -383,6 +411,29 @@ macro_rules! impl_store {
                 detail = e.detail.as_str(),
                 "audit"
             );
+            Ok(())
+        }
+
+        async fn replace_codes(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            user: &UserId,
+            digests: &[String],
+            now: UnixTime,
+        ) -> Result<(), StoreError> {
+            sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+                .bind(user.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(from_sqlx)?;
+            for d in digests {
+                sqlx::query("INSERT INTO recovery_codes (user_id, code_digest, created_at) VALUES ($1, $2, $3)")
+                    .bind(user.as_str())
+                    .bind(d.as_str())
+                    .bind(now.as_secs())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(from_sqlx)?;
+            }
             Ok(())
         }
 
@@ -521,7 +572,7 @@ macro_rules! impl_store {
                 sqlx::query(concat!(
                     "INSERT INTO clients (",
                     client_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                 ))
                     .bind(c.id.as_str())
                     .bind(c.name.as_str())
@@ -535,6 +586,7 @@ macro_rules! impl_store {
                     .bind(c.id_token_alg.as_str())
                     .bind(c.skip_consent)
                     .bind(c.created_at.as_secs())
+                    .bind(c.require_mfa)
                     .execute(&mut *tx)
                     .await
                     .map_err(|err| {
@@ -1172,6 +1224,177 @@ macro_rules! impl_store {
                     .await
                     .map_err(from_sqlx)?;
                 Ok(row.is_some())
+            }
+
+            async fn totp_factor(&self, user: &UserId) -> Result<Option<TotpFactor>, StoreError> {
+                let row: Option<(String, Option<i64>, i64)> = sqlx::query_as(
+                    "SELECT sealed_secret, confirmed_at, last_step FROM totp_factors WHERE user_id = $1",
+                )
+                .bind(user.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(row.map(|(sealed_secret, confirmed, last_step)| TotpFactor {
+                    sealed_secret,
+                    confirmed: confirmed.is_some(),
+                    last_step,
+                }))
+            }
+
+            async fn begin_totp(&self, user: &UserId, sealed: &str, now: UnixTime) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO totp_factors (user_id, sealed_secret, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id) DO UPDATE SET sealed_secret = $2, created_at = $3 \
+                     WHERE totp_factors.confirmed_at IS NULL",
+                )
+                .bind(user.as_str())
+                .bind(sealed)
+                .bind(now.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?
+                .rows_affected();
+                Ok(done == 1)
+            }
+
+            async fn confirm_totp(
+                &self,
+                user: &UserId,
+                step: i64,
+                recovery_digests: &[String],
+                e: &NewAuditEvent,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let done = sqlx::query(
+                    "UPDATE totp_factors SET confirmed_at = $2, last_step = $3 \
+                     WHERE user_id = $1 AND confirmed_at IS NULL",
+                )
+                .bind(user.as_str())
+                .bind(e.at.as_secs())
+                .bind(step)
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?
+                .rows_affected();
+                if done == 0 {
+                    return Ok(false);
+                }
+                replace_codes(&mut tx, user, recovery_digests, e.at).await?;
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(true)
+            }
+
+            async fn use_totp_step(&self, user: &UserId, step: i64) -> Result<bool, StoreError> {
+                // Moves last_step forward only: of two requests with the same code, one wins.
+                let done = sqlx::query(
+                    "UPDATE totp_factors SET last_step = $2 \
+                     WHERE user_id = $1 AND confirmed_at IS NOT NULL AND last_step < $2",
+                )
+                .bind(user.as_str())
+                .bind(step)
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?
+                .rows_affected();
+                Ok(done == 1)
+            }
+
+            async fn remove_totp(&self, user: &UserId, e: &NewAuditEvent) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let done = sqlx::query("DELETE FROM totp_factors WHERE user_id = $1")
+                    .bind(user.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?
+                    .rows_affected();
+                sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+                    .bind(user.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?;
+                if done > 0 {
+                    insert_audit(&mut tx, e).await?;
+                }
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(done > 0)
+            }
+
+            async fn replace_recovery_codes(
+                &self,
+                user: &UserId,
+                digests: &[String],
+                e: &NewAuditEvent,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                replace_codes(&mut tx, user, digests, e.at).await?;
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)
+            }
+
+            async fn use_recovery_code(&self, user: &UserId, digest: &str, now: UnixTime) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE recovery_codes SET used_at = $3 \
+                     WHERE user_id = $1 AND code_digest = $2 AND used_at IS NULL",
+                )
+                .bind(user.as_str())
+                .bind(digest)
+                .bind(now.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?
+                .rows_affected();
+                Ok(done == 1)
+            }
+
+            async fn recovery_codes_left(&self, user: &UserId) -> Result<u32, StoreError> {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+                )
+                .bind(user.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(u32::try_from(n).unwrap_or(0))
+            }
+
+            async fn create_pending_signin(&self, p: &PendingSignIn) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO pending_signins (id_digest, user_id, created_at, expires_at, amr, return_to) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(p.id_digest.as_str())
+                .bind(p.user_id.as_str())
+                .bind(p.created_at.as_secs())
+                .bind(p.expires_at.as_secs())
+                .bind(join(p.amr.iter().map(String::as_str)))
+                .bind(p.return_to.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn pending_signin(&self, digest: &str, now: UnixTime) -> Result<Option<PendingSignIn>, StoreError> {
+                let row = sqlx::query_as::<_, PendingRow>(
+                    "SELECT id_digest, user_id, created_at, expires_at, amr, return_to \
+                     FROM pending_signins WHERE id_digest = $1 AND expires_at > $2",
+                )
+                .bind(digest)
+                .bind(now.as_secs())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(row.map(PendingSignIn::from))
+            }
+
+            async fn delete_pending_signin(&self, digest: &str) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM pending_signins WHERE id_digest = $1")
+                    .bind(digest)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(())
             }
 
             async fn append_audit(&self, e: &NewAuditEvent) -> Result<(), StoreError> {

@@ -31,6 +31,9 @@ pub enum ClientCommand {
         /// Do not ask users to consent (first-party apps).
         #[arg(long)]
         skip_consent: bool,
+        /// Users must pass a second factor (enrolling one if they have none) for this app.
+        #[arg(long)]
+        require_mfa: bool,
         #[arg(long, value_name = "ALG", value_parser = ["RS256", "ES256", "EdDSA"], default_value = "RS256")]
         id_token_alg: String,
         /// Grant types (repeatable; default authorization_code and refresh_token).
@@ -68,6 +71,7 @@ pub async fn run(ctx: &Ctx, cmd: ClientCommand) -> anyhow::Result<()> {
             frontchannel_logout_uri,
             public,
             skip_consent,
+            require_mfa,
             id_token_alg,
             grant_types,
             json,
@@ -80,6 +84,7 @@ pub async fn run(ctx: &Ctx, cmd: ClientCommand) -> anyhow::Result<()> {
                 frontchannel_logout_uri,
                 public,
                 skip_consent,
+                require_mfa,
                 id_token_alg: id_token_alg.parse::<IdTokenAlg>()?,
                 grant_types: grant_types
                     .iter()
