@@ -31,6 +31,13 @@ impl TotpSecret {
         Self(bytes)
     }
 
+    /// A secret as an authenticator app shows it (base32), for tests and tools.
+    pub fn from_base32(s: &str) -> Option<Self> {
+        Secret::try_from_base32(s)
+            .ok()
+            .map(|s| Self(s.as_ref().to_vec()))
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

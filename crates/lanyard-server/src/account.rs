@@ -39,9 +39,11 @@ struct AccountView {
     message: Option<&'static str>,
     error: Option<String>,
     min_length: usize,
+    totp_on: bool,
+    recovery_left: u32,
 }
 
-async fn require(
+pub(crate) async fn require(
     state: &AppState,
     headers: &HeaderMap,
     client: &ClientInfo,
@@ -52,7 +54,7 @@ async fn require(
     })
 }
 
-async fn page(
+pub(crate) async fn page(
     state: &AppState,
     me: &SignedIn,
     status: StatusCode,
@@ -67,6 +69,16 @@ async fn page(
             .clear_session_notice(&me.secret.digest())
             .await?;
     }
+    let totp_on = state
+        .store
+        .totp_factor(&me.user.id)
+        .await?
+        .is_some_and(|f| f.confirmed);
+    let recovery_left = if totp_on {
+        state.store.recovery_codes_left(&me.user.id).await?
+    } else {
+        0
+    };
     let view = AccountView {
         username: me.user.username.to_string(),
         display_name: me.user.display_name.as_ref().map(|d| d.as_str().to_owned()),
@@ -86,6 +98,8 @@ async fn page(
         message,
         error,
         min_length: state.config.password.min_length,
+        totp_on,
+        recovery_left,
     };
     Ok(render(status, &view))
 }

@@ -22,6 +22,15 @@ use crate::web::{ClientInfo, PageError, check_csrf, render};
 
 /// The `acr` of a password sign-in.
 pub const ACR_PASSWORD: &str = "urn:lanyard:acr:pwd";
+
+/// What a session's methods amount to.
+pub(crate) fn acr_of(amr: &[String]) -> &'static str {
+    if amr.iter().any(|m| m == "mfa") {
+        lanyard_core::mfa::ACR_MFA
+    } else {
+        ACR_PASSWORD
+    }
+}
 const CODE_LIFETIME: Duration = Duration::from_secs(60);
 const MAX_PARAM: usize = 2048;
 
@@ -387,7 +396,7 @@ async fn proceed(
     let auth = Authentication {
         auth_time: me.session.auth_time,
         amr: me.session.amr.clone(),
-        acr: Some(ACR_PASSWORD.to_owned()),
+        acr: Some(acr_of(&me.session.amr).to_owned()),
     };
     let record = AuthorizationCode {
         code_digest: digest(&code),

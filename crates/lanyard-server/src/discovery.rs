@@ -29,7 +29,7 @@ pub(crate) async fn discovery_get(State(state): State<AppState>) -> impl IntoRes
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
-        "acr_values_supported": [crate::authorize::ACR_PASSWORD],
+        "acr_values_supported": [crate::authorize::ACR_PASSWORD, lanyard_core::mfa::ACR_MFA],
         "claims_supported": [
             "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "azp", "sid",
             "at_hash", "name", "preferred_username", "email", "email_verified"

@@ -121,6 +121,15 @@ impl KeyRing {
         Ok(ring)
     }
 
+    /// Seals a secret other than a signing key (a TOTP secret) under the same encryption key.
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> Result<String, KeysError> {
+        Ok(self.sealer.seal(plaintext, context)?)
+    }
+
+    pub fn unseal(&self, sealed: &str, context: &str) -> Result<Vec<u8>, KeysError> {
+        Ok(self.sealer.open(sealed, context)?)
+    }
+
     pub fn current(&self) -> Arc<KeySet> {
         match self.current.read() {
             Ok(guard) => Arc::clone(&guard),

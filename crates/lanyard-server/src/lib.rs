@@ -11,6 +11,7 @@ mod discovery;
 mod health;
 pub mod keys;
 mod login;
+mod mfa;
 pub mod passwords;
 mod register;
 mod resource;

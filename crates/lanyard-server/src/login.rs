@@ -151,6 +151,11 @@ pub(crate) async fn login_post(
     // Success: a fresh ID, never the pre-session's; any earlier session of this browser ends,
     // in the same transaction that creates the new one.
     attempt.settle(&state, AttemptOutcome::Succeeded).await?;
+    if crate::mfa::has_second_factor(&state, &user).await? {
+        let mut response = crate::mfa::start_second_step(&state, &user, &return_to).await?;
+        set_cookie(&state, &mut response, pre_cookie_name(&state), None);
+        return Ok(response);
+    }
     let secret = SessionSecret::generate()?;
     let mut session = NewSession::new(&secret, user.id.clone(), now, vec!["pwd".to_owned()])?;
     session.ip = client.ip.map(|ip| ip.to_string());

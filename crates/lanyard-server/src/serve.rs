@@ -27,6 +27,7 @@ use crate::discovery::{discovery_get, jwks_get};
 use crate::health::{healthz_get, readyz_get};
 use crate::keys::KeyRing;
 use crate::login::{login_get, login_post, logout_post};
+use crate::mfa::{mfa_get, mfa_post, recovery_codes_post, totp_get, totp_post, totp_remove_post};
 use crate::passwords::Passwords;
 use crate::register::register_post;
 use crate::resource::{introspect_post, revoke_post, userinfo};
@@ -96,6 +97,10 @@ pub fn router(state: AppState) -> Router {
         .route("/account/sessions/end", post(end_session_post))
         .route("/account/sessions/end-others", post(end_others_post))
         .route("/account/password", post(password_post))
+        .route("/account/totp", get(totp_get).post(totp_post))
+        .route("/account/totp/remove", post(totp_remove_post))
+        .route("/account/recovery-codes", post(recovery_codes_post))
+        .route("/login/mfa", get(mfa_get).post(mfa_post))
         .route("/.well-known/openid-configuration", get(discovery_get))
         .route("/jwks.json", get(jwks_get))
         .route("/authorize", get(authorize_get).post(authorize_post))

@@ -1,0 +1,275 @@
+//! Second factors: enrolling an authenticator, signing in with it or a recovery code, and the
+//! ways an attacker would try to get around them.
+
+use lanyard_core::Clock;
+use lanyard_core::mfa::TotpSecret;
+
+use crate::harness::{Browser, Page, TestDb, TestServer, field};
+
+const PW: &str = "correct horse battery";
+
+/// Enrols an authenticator for the signed-in browser; returns its secret and recovery codes.
+async fn enrol(server: &TestServer, b: &mut Browser) -> (TotpSecret, Vec<String>) {
+    let page = b.get("/account/totp").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("<svg"),
+        "a QR code rendered on the server"
+    );
+    assert!(
+        page.body.contains("href=\"otpauth://totp/"),
+        "the otpauth URI as a link"
+    );
+    assert!(page.body.contains("autocomplete=\"one-time-code\""));
+    let b32 = page
+        .body
+        .split("<code class=\"secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    let secret = TotpSecret::from_base32(&b32).expect("the secret as text");
+    let wrong = b
+        .post(
+            "/account/totp",
+            &[("csrf", &page.csrf()), ("code", "000000")],
+        )
+        .await;
+    assert_eq!(wrong.status, 400, "a wrong code does not turn it on");
+    // The page after a wrong code shows a new secret.
+    let b32 = wrong
+        .body
+        .split("<code class=\"secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    let secret2 = TotpSecret::from_base32(&b32).unwrap();
+    let code = secret2.code_at(server.clock.now()).unwrap();
+    let done = b
+        .post("/account/totp", &[("csrf", &wrong.csrf()), ("code", &code)])
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let codes: Vec<String> = done
+        .body
+        .split("<li><code>")
+        .skip(1)
+        .map(|c| c.split('<').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 10);
+    drop(secret);
+    (secret2, codes)
+}
+
+async fn second_step(b: &mut Browser, code: &str) -> Page {
+    let page = b.get("/login/mfa").await;
+    assert_eq!(page.status, 200, "the second step shows");
+    b.post("/login/mfa", &[("csrf", &page.csrf()), ("code", code)])
+        .await
+}
+
+#[tokio::test]
+async fn an_authenticator_is_asked_for_after_the_password_and_codes_work_once() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let ada = server.add_user("ada", PW).await;
+    let mut b = Browser::new(&server);
+    b.sign_in("ada", PW).await;
+    let (secret, _) = enrol(&server, &mut b).await;
+    let account = b.get("/account").await;
+    assert!(
+        account
+            .body
+            .contains("Authenticator app: <strong>on</strong>")
+    );
+    assert!(
+        account
+            .body
+            .contains("Recovery codes left: <strong>10</strong>")
+    );
+
+    // A password alone gets no session now.
+    server.advance(60);
+    let mut phone = Browser::new(&server);
+    let r = phone.sign_in("ada", PW).await;
+    assert_eq!((r.status, r.location()), (303, Some("/login/mfa")));
+    assert!(
+        phone.session_cookie().is_none(),
+        "no session before the second factor"
+    );
+    assert_eq!(phone.get("/account").await.status, 303);
+
+    assert_eq!(second_step(&mut phone, "123456").await.status, 401);
+    let code = secret.code_at(server.clock.now()).unwrap();
+    let r = second_step(&mut phone, &code).await;
+    assert_eq!((r.status, r.location()), (303, Some("/account")));
+    assert!(phone.session_cookie().is_some());
+    let s = server
+        .store
+        .session_by_digest(&lanyard_core::secret::digest(
+            &phone.session_cookie().unwrap(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.amr, ["pwd", "otp", "mfa"]);
+    assert_eq!(
+        phone.get("/login/mfa").await.status,
+        303,
+        "the pending sign-in is gone"
+    );
+
+    // The same code (same 30-second step) does not work twice.
+    let mut thief = Browser::new(&server);
+    thief.sign_in("ada", PW).await;
+    assert_eq!(
+        second_step(&mut thief, &code).await.status,
+        401,
+        "a replayed code"
+    );
+    // The next step's code does; the previous step's no longer (it is older than the last used).
+    server.advance(30);
+    let next = secret.code_at(server.clock.now()).unwrap();
+    assert_eq!(second_step(&mut thief, &next).await.status, 303);
+
+    let kinds: Vec<String> = server
+        .store
+        .list_audit(Some(&ada), 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    for k in ["mfa.enrolled", "mfa.failed", "mfa.succeeded"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn recovery_codes_work_once_and_can_be_renewed() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    server.add_user("ada", PW).await;
+    let mut b = Browser::new(&server);
+    b.sign_in("ada", PW).await;
+    let (_, codes) = enrol(&server, &mut b).await;
+
+    let mut lost_phone = Browser::new(&server);
+    lost_phone.sign_in("ada", PW).await;
+    let r = second_step(&mut lost_phone, &codes[0].to_lowercase()).await;
+    assert_eq!(r.status, 303, "a recovery code, typed any case");
+    assert!(
+        lost_phone
+            .get("/account")
+            .await
+            .body
+            .contains("Recovery codes left: <strong>9</strong>")
+    );
+
+    let mut again = Browser::new(&server);
+    again.sign_in("ada", PW).await;
+    assert_eq!(
+        second_step(&mut again, &codes[0]).await.status,
+        401,
+        "used once already"
+    );
+
+    let csrf = b.get("/account").await.csrf();
+    let renewed = b.post("/account/recovery-codes", &[("csrf", &csrf)]).await;
+    assert_eq!(renewed.status, 200);
+    assert_eq!(renewed.body.matches("<li><code>").count(), 10);
+    assert_eq!(
+        second_step(&mut again, &codes[1]).await.status,
+        401,
+        "old codes stop working"
+    );
+}
+
+#[tokio::test]
+async fn second_factor_guesses_are_throttled_and_the_step_needs_a_password_first() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    server.add_user("ada", PW).await;
+    let mut b = Browser::new(&server);
+    b.sign_in("ada", PW).await;
+    let (secret, _) = enrol(&server, &mut b).await;
+    server.advance(60);
+
+    let mut guesser = Browser::new(&server);
+    guesser.sign_in("ada", PW).await;
+    for _ in 0..5 {
+        assert_eq!(second_step(&mut guesser, "000000").await.status, 401);
+    }
+    assert_eq!(second_step(&mut guesser, "000001").await.status, 429);
+    let right = secret.code_at(server.clock.now()).unwrap();
+    assert_eq!(
+        second_step(&mut guesser, &right).await.status,
+        429,
+        "even the right code waits"
+    );
+
+    // Without a right password first there is nothing to answer.
+    let mut stranger = Browser::new(&server);
+    assert_eq!(stranger.get("/login/mfa").await.status, 303);
+    stranger
+        .cookies
+        .insert("lanyard_mfa".into(), "A".repeat(43));
+    assert_eq!(stranger.get("/login/mfa").await.status, 303);
+    let r = stranger
+        .post("/login/mfa", &[("csrf", "x"), ("code", &right)])
+        .await;
+    assert_eq!(
+        r.status, 303,
+        "a forged pending cookie leads back to /login"
+    );
+    assert!(stranger.session_cookie().is_none());
+
+    // The pending sign-in expires.
+    let mut slow = Browser::new(&server);
+    slow.sign_in("ada", PW).await;
+    server.advance(301);
+    assert_eq!(slow.get("/login/mfa").await.status, 303);
+
+    // CSRF on the second step.
+    let mut other = Browser::from_ip(&server, "127.0.0.7");
+    other.sign_in("ada", PW).await;
+    let r = other
+        .post("/login/mfa", &[("csrf", "forged"), ("code", "123456")])
+        .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn removing_the_authenticator_needs_the_password() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    server.add_user("ada", PW).await;
+    let mut b = Browser::new(&server);
+    b.sign_in("ada", PW).await;
+    enrol(&server, &mut b).await;
+    let csrf = b.get("/account").await.csrf();
+    let r = b
+        .post(
+            "/account/totp/remove",
+            &[("csrf", &csrf), ("password", "wrong")],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("Authenticator app: <strong>on</strong>"));
+    let r = b
+        .post("/account/totp/remove", &[("csrf", &csrf), ("password", PW)])
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Set up authenticator app"));
+    let mut fresh = Browser::new(&server);
+    assert_eq!(
+        fresh.sign_in("ada", PW).await.location(),
+        Some("/account"),
+        "no second step any more"
+    );
+    assert!(field(&r.body, "csrf").is_some());
+}
