@@ -66,6 +66,13 @@ CREATE TABLE refresh_tokens (
 CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
 CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id);
 
+-- A revoked family: checked on every use, so a token added to the family after the revocation
+-- (a rotation racing a reuse) is dead too.
+CREATE TABLE refresh_family_revocations (
+    family_id  TEXT PRIMARY KEY,
+    revoked_at BIGINT NOT NULL
+);
+
 -- Access tokens are JWTs; revoking one before it expires lists its jti here.
 CREATE TABLE revoked_access_tokens (
     jti        TEXT PRIMARY KEY,

@@ -886,11 +886,25 @@ async fn public_clients_use_pkce_without_a_secret_and_post_works_everywhere() {
     let info: Value = r.json().await.unwrap();
     assert_eq!(info["email"], "ada@example.org");
 
-    // Ending the session makes introspection say inactive at once.
-    assert_eq!(introspect(&s, &access).await["active"], true);
+    // Another client learns nothing about this client's token (RFC 7662 §4).
+    assert_eq!(introspect(&s, &access).await["active"], false);
+    // Ending the session ends the token at once.
+    let userinfo = |token: String| {
+        let url = format!("{}/userinfo", s.server.base);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(userinfo(access.clone()).await, 200);
     let csrf = s.browser.get("/account").await.csrf();
     s.browser.post("/logout", &[("csrf", &csrf)]).await;
-    assert_eq!(introspect(&s, &access).await["active"], false);
+    assert_eq!(userinfo(access.clone()).await, 401);
 
     // login_hint fills in the username on the form.
     let (challenge, _) = PkceCodeChallenge::new_random_sha256();
@@ -926,4 +940,230 @@ async fn keys_sealed_under_another_encryption_key_stop_start_up_with_a_clear_err
         .err()
         .expect("refused");
     assert!(err.to_string().contains("wrong encryption key"), "{err}");
+}
+
+async fn refresh(s: &Setup, token: &str, scope: Option<&str>) -> (u16, Value) {
+    let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", token)];
+    if let Some(sc) = scope {
+        form.push(("scope", sc));
+    }
+    token_form(s, &form).await
+}
+
+async fn token_form(s: &Setup, form: &[(&str, &str)]) -> (u16, Value) {
+    token(s, form, Some((&s.id, &s.secret))).await
+}
+
+async fn signed_in_tokens(s: &mut Setup, scope: &str) -> Value {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let p = with(good_params(s, challenge.as_str()), "scope", Some(scope));
+    let code = authorize(s, &p).await["code"].clone();
+    let (status, t) = exchange(s, &code, verifier.secret()).await;
+    assert_eq!(status, 200, "{t}");
+    t
+}
+
+async fn userinfo_status(s: &Setup, access: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{}/userinfo", s.server.base))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn offline_access_outlives_the_session_and_narrowing_keeps_the_grant() {
+    let mut s = setup(true).await;
+    let t = signed_in_tokens(&mut s, "openid email offline_access").await;
+    let csrf = s.browser.get("/account").await.csrf();
+    s.browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        userinfo_status(&s, t["access_token"].as_str().unwrap()).await,
+        401,
+        "the session's access token ended"
+    );
+
+    let (status, r1) = refresh(&s, t["refresh_token"].as_str().unwrap(), Some("openid")).await;
+    assert_eq!(status, 200, "offline_access refreshes after sign-out: {r1}");
+    assert_eq!(
+        userinfo_status(&s, r1["access_token"].as_str().unwrap()).await,
+        200,
+        "and its new access token works"
+    );
+    assert_eq!(r1["scope"], "openid", "narrowed for this response");
+    let (status, r2) = refresh(&s, r1["refresh_token"].as_str().unwrap(), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        r2["scope"], "openid email offline_access",
+        "the grant itself was not narrowed"
+    );
+    let (_, r3) = refresh(&s, r2["refresh_token"].as_str().unwrap(), Some("bogus")).await;
+    assert_eq!(r3["error"], "invalid_scope");
+}
+
+#[tokio::test]
+async fn signing_in_again_keeps_the_other_apps_tokens_alive() {
+    let mut s = setup(true).await;
+    let t = signed_in_tokens(&mut s, "openid email").await;
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let relogin = authorize_url(
+        &s,
+        &with(good_params(&s, challenge.as_str()), "prompt", Some("login")),
+    );
+    s.server.advance(5);
+    let back = s
+        .browser
+        .authorize(&relogin, Some(("ada", PW)), None)
+        .await
+        .unwrap();
+    assert!(query(&back).contains_key("code"));
+    assert_eq!(
+        userinfo_status(&s, &access).await,
+        200,
+        "the same session (sid), renewed"
+    );
+    let (status, _) = refresh(&s, t["refresh_token"].as_str().unwrap(), None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn revoking_or_reusing_a_refresh_token_ends_its_access_tokens_even_in_a_race() {
+    let mut s = setup(true).await;
+    let t = signed_in_tokens(&mut s, "openid").await;
+    let refresh_token = t["refresh_token"].as_str().unwrap().to_owned();
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    let r = reqwest::Client::new()
+        .post(format!("{}/revoke", s.server.base))
+        .basic_auth(&s.id, Some(&s.secret))
+        .form(&[("token", refresh_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        userinfo_status(&s, &access).await,
+        401,
+        "the family's access token is revoked too"
+    );
+
+    // Two uses of one refresh token at once: whoever wins, the family ends up revoked.
+    let t = signed_in_tokens(&mut s, "openid").await;
+    let rt = t["refresh_token"].as_str().unwrap();
+    let (a, b) = tokio::join!(refresh(&s, rt, None), refresh(&s, rt, None));
+    let winners: Vec<&Value> = [&a, &b]
+        .into_iter()
+        .filter(|(st, _)| *st == 200)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(winners.len() <= 1, "{a:?} {b:?}");
+    for w in winners {
+        assert_eq!(
+            userinfo_status(&s, w["access_token"].as_str().unwrap()).await,
+            401
+        );
+        let (status, _) = refresh(&s, w["refresh_token"].as_str().unwrap(), None).await;
+        assert_eq!(status, 400, "the winner's new refresh token is dead too");
+    }
+
+    // Two exchanges of one code at once: the winner's tokens are revoked by the replay.
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let p = good_params(&s, challenge.as_str());
+    let code = authorize(&mut s, &p).await["code"].clone();
+    let (a, b) = tokio::join!(
+        exchange(&s, &code, verifier.secret()),
+        exchange(&s, &code, verifier.secret())
+    );
+    let winners: Vec<&Value> = [&a, &b]
+        .into_iter()
+        .filter(|(st, _)| *st == 200)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(winners.len(), 1, "{a:?} {b:?}");
+    assert_eq!(
+        userinfo_status(&s, winners[0]["access_token"].as_str().unwrap()).await,
+        401
+    );
+}
+
+#[tokio::test]
+async fn control_characters_and_public_client_consent() {
+    let mut s = setup(true).await;
+    let page = s
+        .browser
+        .open(&format!(
+            "{}/authorize?client_id=%00&redirect_uri=x",
+            s.server.base
+        ))
+        .await;
+    assert_eq!(page.status, 400);
+    let (status, body) = token(
+        &s,
+        &[("grant_type", "client_credentials"), ("client_id", "\0")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+
+    // First-party apps skip consent unless the app asks for it.
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let ask = authorize_url(
+        &s,
+        &with(
+            good_params(&s, challenge.as_str()),
+            "prompt",
+            Some("consent"),
+        ),
+    );
+    assert!(
+        s.browser.authorize(&ask, None, None).await.is_err(),
+        "prompt=consent shows the page"
+    );
+
+    // A public client never gets silent, remembered consent.
+    let spa = ClientRegistration {
+        name: "SPA".into(),
+        redirect_uris: vec![REDIRECT.into()],
+        public: true,
+        ..Default::default()
+    };
+    let (spa_id, _) = register_client(&s.server.store, spa).await;
+    let mut p = good_params(&s, challenge.as_str());
+    p.retain(|(k, _)| *k != "client_id");
+    p.push(("client_id", spa_id));
+    let url = authorize_url(&s, &p);
+    assert!(
+        query(&s.browser.authorize(&url, None, Some(true)).await.unwrap()).contains_key("code")
+    );
+    assert!(
+        s.browser.authorize(&url, None, None).await.is_err(),
+        "asked again"
+    );
+    let silent = authorize_url(&s, &with(p.clone(), "prompt", Some("none")));
+    assert_eq!(
+        query(&s.browser.authorize(&silent, None, None).await.unwrap())["error"],
+        "consent_required"
+    );
+
+    // select_account shows the sign-in form, where another account can be chosen.
+    let choose = authorize_url(
+        &s,
+        &with(
+            good_params(&s, challenge.as_str()),
+            "prompt",
+            Some("select_account"),
+        ),
+    );
+    let page = s
+        .browser
+        .authorize(&choose, None, None)
+        .await
+        .expect_err("the login form");
+    assert!(page.body.contains("action=\"/login\""));
 }

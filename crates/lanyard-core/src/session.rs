@@ -163,11 +163,8 @@ pub enum Verdict {
 
 impl SessionPolicy {
     pub fn judge(&self, s: &Session, now: UnixTime, ip: Option<IpAddr>) -> Verdict {
-        if now >= s.created_at.saturating_add(self.lifetime) {
-            return Verdict::Ended(EndReason::LifetimeExceeded);
-        }
-        if now >= s.last_seen_at.saturating_add(self.idle_timeout) {
-            return Verdict::Ended(EndReason::IdleTimeout);
+        if let Some(reason) = self.expired(s, now) {
+            return Verdict::Ended(reason);
         }
         if !self.same_place(s.ip.as_deref(), ip) {
             return Verdict::Ended(EndReason::IpMismatch);
@@ -175,6 +172,18 @@ impl SessionPolicy {
         Verdict::Valid {
             touch: now >= s.last_seen_at.saturating_add(self.touch_interval()),
         }
+    }
+
+    /// Whether time alone has ended the session (for checks made without the browser, such as
+    /// a token presented by an app).
+    pub fn expired(&self, s: &Session, now: UnixTime) -> Option<EndReason> {
+        if now >= s.created_at.saturating_add(self.lifetime) {
+            return Some(EndReason::LifetimeExceeded);
+        }
+        if now >= s.last_seen_at.saturating_add(self.idle_timeout) {
+            return Some(EndReason::IdleTimeout);
+        }
+        None
     }
 
     /// How stale last-seen may get before it is written again: a minute, or less for short idle

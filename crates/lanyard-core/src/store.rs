@@ -63,16 +63,18 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_client(&self, id: &ClientId, event: &NewAuditEvent)
     -> Result<bool, StoreError>;
 
-    /// In one transaction: ends the session `replaces` (the browser's earlier one, if any),
-    /// stores a new session, ends the user's oldest past `max_per_user`, and appends `events`
-    /// (sign-in and session start). Returns how many sessions the cap ended.
+    /// In one transaction: replaces the browser's earlier session `replaces` (if any), stores a
+    /// new session, ends the user's oldest past `max_per_user`, and appends `events` (sign-in
+    /// and session start). If `replaces` belonged to the same user, the new session keeps its
+    /// public ID (the OIDC `sid`): re-authenticating renews a session, so the apps that share it
+    /// keep their tokens; a different user's session ends. Returns the session's public ID.
     async fn create_session(
         &self,
         session: &NewSession,
         replaces: Option<&str>,
         max_per_user: u32,
         events: &[NewAuditEvent],
-    ) -> Result<u32, StoreError>;
+    ) -> Result<String, StoreError>;
     /// The session whose ID has this digest, if it exists.
     async fn session_by_digest(&self, digest: &str) -> Result<Option<Session>, StoreError>;
     /// Records that the session was used at `now`.
@@ -159,15 +161,16 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_code(&self, code: &AuthorizationCode) -> Result<(), StoreError>;
     /// The clients that received a code under the session `public_id`, oldest first.
     async fn session_clients(&self, public_id: &str) -> Result<Vec<ClientId>, StoreError>;
-    /// Consumes a code: the first call gets it, later calls learn it was replayed.
-    async fn redeem_code(&self, digest: &str, now: UnixTime) -> Result<CodeRedemption, StoreError>;
-    /// Records what a code was exchanged for.
-    async fn record_code_tokens(
+    /// Consumes a code, recording in the same statement what it will be exchanged for (the
+    /// access token's `jti`, the refresh family): the first call gets the code, later calls
+    /// learn it was replayed and what to revoke, however close together they come.
+    async fn redeem_code(
         &self,
         digest: &str,
+        now: UnixTime,
         access_jti: &str,
-        refresh_family: Option<&str>,
-    ) -> Result<(), StoreError>;
+        refresh_family: &str,
+    ) -> Result<CodeRedemption, StoreError>;
     /// Deletes codes that expired before `before`.
     async fn sweep_codes(&self, before: UnixTime) -> Result<(), StoreError>;
 
@@ -183,10 +186,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<(), StoreError>;
-    /// Consumes a refresh token; a used or revoked one revokes its whole family.
-    async fn redeem_refresh_token(
+    /// Consumes a refresh token and, in the same transaction, stores its successor (same
+    /// family, scope and expiry) under `new_digest`. A used or revoked token revokes its whole
+    /// family instead.
+    async fn rotate_refresh_token(
         &self,
         digest: &str,
+        new_digest: &str,
         now: UnixTime,
     ) -> Result<RefreshRedemption, StoreError>;
     /// Revokes every token of a family; returns how many were live.
@@ -200,7 +206,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lists an access token's `jti` as revoked until it would expire anyway.
     async fn revoke_access_token(&self, jti: &str, expires_at: UnixTime) -> Result<(), StoreError>;
-    async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    /// Whether an access token was revoked, by its `jti` or through its refresh family.
+    async fn is_access_token_revoked(
+        &self,
+        jti: &str,
+        family: Option<&str>,
+    ) -> Result<bool, StoreError>;
 
     /// The user's authenticator, confirmed or not.
     async fn totp_factor(&self, user: &UserId) -> Result<Option<TotpFactor>, StoreError>;

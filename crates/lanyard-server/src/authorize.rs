@@ -100,6 +100,11 @@ fn parse(raw: &[u8]) -> Result<HashMap<String, String>, PageError> {
         if v.is_empty() {
             continue;
         }
+        if k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(PageError::BadRequest(
+                "A parameter of this sign-in request contains control characters.",
+            ));
+        }
         if out.insert(k.into_owned(), v.into_owned()).is_some() {
             return Err(PageError::BadRequest(
                 "A parameter of this sign-in request appears twice.",
@@ -344,9 +349,11 @@ async fn proceed(
             .as_deref()
             .is_none_or(|sub| sub == m.user.id.as_str())
     };
+    // An answer on the consent page comes from a session that was fresh enough to be shown it.
+    let reauth = c.prompt.login || c.prompt.select_account;
     let fresh_enough = me
         .as_ref()
-        .is_some_and(|m| !c.prompt.login && !too_old(m) && expected(m));
+        .is_some_and(|m| expected(m) && (consent.is_some() || (!reauth && !too_old(m))));
     let me = match me {
         Some(me) if fresh_enough => me,
         _ if c.prompt.none => {
@@ -359,9 +366,16 @@ async fn proceed(
         return Ok(reply.error(OAuthError::new(AccessDenied, "the user denied the request")));
     }
     if consent == Some(true) {
+        // Remember the union with what was allowed before, not just this request's scopes.
+        let before = state
+            .store
+            .consent(&me.user.id, &client.id)
+            .await?
+            .unwrap_or_default();
+        let union = Scope::parse(&format!("{before} {}", c.scope));
         state
             .store
-            .grant_consent(&me.user.id, &client.id, &c.scope.to_string(), now)
+            .grant_consent(&me.user.id, &client.id, &union.to_string(), now)
             .await?;
         let e = lanyard_core::audit::NewAuditEvent::new(
             now,
@@ -372,8 +386,13 @@ async fn proceed(
         .actor(info.actor())
         .detail(format!("scope={}", c.scope));
         state.store.append_audit(&e).await?;
-    } else if !client.skip_consent {
-        let remembered = state.store.consent(&me.user.id, &client.id).await?;
+    } else if !client.skip_consent || c.prompt.consent {
+        // A public client's identity cannot be proven (any app on the device can use its
+        // client_id and loopback redirect), so it gets no remembered consent (RFC 8252 §8.6).
+        let remembered = match client.public && !client.skip_consent {
+            true => None,
+            false => state.store.consent(&me.user.id, &client.id).await?,
+        };
         let covered = remembered.is_some_and(|r| c.scope.within(&Scope::parse(&r)));
         if c.prompt.consent || !covered {
             if c.prompt.none {
@@ -416,8 +435,8 @@ async fn proceed(
 }
 
 /// Sends the browser to sign in, then back here. `force` shows the form even to a signed-in
-/// browser (prompt=login, max_age); `login` is dropped from the prompt on the way back so the
-/// fresh sign-in satisfies it instead of asking again.
+/// browser (prompt=login or select_account, max_age); those are dropped from the request on
+/// the way back so the fresh sign-in satisfies them instead of asking again.
 fn to_login(params: &HashMap<String, String>, force: bool) -> Response {
     let mut back = url::form_urlencoded::Serializer::new(String::new());
     let mut keys: Vec<&String> = params.keys().collect();
@@ -425,10 +444,15 @@ fn to_login(params: &HashMap<String, String>, force: bool) -> Response {
     for k in keys {
         let v = &params[k];
         if k == "prompt" {
-            let rest: Vec<&str> = v.split(' ').filter(|p| *p != "login").collect();
+            let rest: Vec<&str> = v
+                .split(' ')
+                .filter(|p| !matches!(*p, "login" | "select_account"))
+                .collect();
             if !rest.is_empty() {
                 back.append_pair(k, &rest.join(" "));
             }
+        } else if k == "max_age" {
+            // The sign-in about to happen satisfies it; keeping it could loop on a slow user.
         } else {
             back.append_pair(k, v);
         }

@@ -37,6 +37,7 @@ impl IntoResponse for JsonError {
         let status = match self.0.code {
             ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
+            ErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
@@ -66,6 +67,12 @@ pub(crate) fn single_params(body: &[u8]) -> Result<HashMap<String, String>, OAut
     for (k, v) in url::form_urlencoded::parse(body) {
         if v.is_empty() {
             continue;
+        }
+        if k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                "a parameter contains control characters",
+            ));
         }
         if out.insert(k.into_owned(), v.into_owned()).is_some() {
             return Err(OAuthError::new(

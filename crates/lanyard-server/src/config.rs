@@ -243,6 +243,12 @@ impl TryFrom<String> for Issuer {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!("{s:?} must not carry a user name or password"));
         }
+        // Pages and endpoints live at the root; serving under a path prefix is not supported.
+        if url.path() != "/" {
+            return Err(format!(
+                "{s:?} must not have a path: Lanyard is served at the root of its host"
+            ));
+        }
         // The parsed form: scheme and host lowercased, so `HTTPS://` is https too.
         Ok(Self(url.as_str().trim_end_matches('/').to_owned()))
     }
@@ -463,6 +469,8 @@ mod tests {
         assert!(e.contains("session.bind_ip"), "{e}");
         let e = load_err(|j| j.set_env("LANYARD_SESSION__LIFETIME", "1m"));
         assert!(e.contains("session.lifetime"), "{e}");
+        let e = load_err(|j| j.set_env("LANYARD_ISSUER", "https://id.example.org/sso"));
+        assert!(e.contains("issuer") && e.contains("path"), "{e}");
         let e = load_err(|j| j.set_env("LANYARD_DATABASE_URL", "mysql://x"));
         assert!(e.contains("database_url"), "{e}");
         let e = load_err(|j| j.set_env("LANYARD_PASSWORD__MEMORY_KIB", "1"));

@@ -5,6 +5,7 @@
 //! words after the same work, and refuses every attempt during a throttle penalty, even a
 //! correct one.
 
+use crate::session::start_session;
 use axum::Form;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Query, State};
@@ -12,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::audit::{AuditKind, NewAuditEvent};
 use lanyard_core::password::Verified;
-use lanyard_core::session::{EndReason, NewSession, SessionSecret};
+use lanyard_core::session::{EndReason, SessionSecret};
 use lanyard_core::throttle::AttemptOutcome;
 use lanyard_core::user::Username;
 use secrecy::SecretString;
@@ -156,23 +157,15 @@ pub(crate) async fn login_post(
         set_cookie(&state, &mut response, pre_cookie_name(&state), None);
         return Ok(response);
     }
-    let secret = SessionSecret::generate()?;
-    let mut session = NewSession::new(&secret, user.id.clone(), now, vec!["pwd".to_owned()])?;
-    session.ip = client.ip.map(|ip| ip.to_string());
-    session.user_agent = client.user_agent.clone();
-    let events = [
-        event(AuditKind::SignInSucceeded).user(user.id.as_str()),
-        event(AuditKind::SessionStarted)
-            .user(user.id.as_str())
-            .detail(format!("session={}", session.public_id)),
-    ];
-    let replaces = secret_from(&headers, session_cookie_name(&state)).map(|old| old.digest());
-    let max = state.config.session.max_per_user;
-    state
-        .store
-        .create_session(&session, replaces.as_deref(), max, &events)
-        .await?;
-    tracing::info!(user = %user.id.as_str(), session = %session.public_id, "signed in");
+    let secret = start_session(
+        &state,
+        &headers,
+        &client,
+        &user,
+        vec!["pwd".to_owned()],
+        Vec::new(),
+    )
+    .await?;
 
     let mut response = Redirect::to(&return_to).into_response();
     set_cookie(

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::session::start_session;
 use axum::Form;
 use axum::extract::State;
 use axum::extract::rejection::FormRejection;
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::audit::{AuditKind, NewAuditEvent};
 use lanyard_core::mfa::{PendingSignIn, TotpSecret, new_recovery_codes, recovery_digest};
 use lanyard_core::password::Verified;
-use lanyard_core::session::{NewSession, SessionSecret};
+use lanyard_core::session::SessionSecret;
 use lanyard_core::throttle::AttemptOutcome;
 use lanyard_core::user::User;
 use secrecy::SecretString;
@@ -407,31 +408,11 @@ pub(crate) async fn mfa_post(
     let mut amr = p.amr.clone();
     amr.push(method.to_owned());
     amr.push("mfa".to_owned());
-    let secret = SessionSecret::generate()?;
-    let mut session = NewSession::new(&secret, user.id.clone(), now, amr)?;
-    session.ip = client.ip.map(|ip| ip.to_string());
-    session.user_agent = client.user_agent.clone();
-    let event = |kind| {
-        NewAuditEvent::new(now, kind)
-            .actor(client.actor())
-            .user(user.id.as_str())
-    };
-    let events = [
-        event(AuditKind::MfaSucceeded).detail(method),
-        event(AuditKind::SignInSucceeded),
-        event(AuditKind::SessionStarted).detail(format!("session={}", session.public_id)),
-    ];
-    let replaces = secret_from(&headers, session_cookie_name(&state)).map(|old| old.digest());
-    state
-        .store
-        .create_session(
-            &session,
-            replaces.as_deref(),
-            state.config.session.max_per_user,
-            &events,
-        )
-        .await?;
-    tracing::info!(user = %user.id.as_str(), session = %session.public_id, method, "signed in with a second factor");
+    let done = NewAuditEvent::new(now, AuditKind::MfaSucceeded)
+        .actor(client.actor())
+        .user(user.id.as_str())
+        .detail(method);
+    let secret = start_session(&state, &headers, &client, &user, amr, vec![done]).await?;
 
     let mut response = Redirect::to(&safe_return_to(Some(&p.return_to))).into_response();
     set_cookie(

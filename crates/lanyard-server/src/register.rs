@@ -66,11 +66,16 @@ pub(crate) async fn register_post(
                 .then_some(token.trim())
         });
     if !presented.is_some_and(|p| digests_match(p, &expected.0)) {
-        return error(
+        let mut r = error(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             "a valid initial access token is required",
         );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        return r;
     }
     let meta: Metadata = match serde_json::from_slice(&body) {
         Ok(m) => m,

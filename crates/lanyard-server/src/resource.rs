@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::client_auth::{JsonError, authenticate, single_params};
+use crate::session::live_session;
 use crate::token::{AccessClaims, user_claims};
 
 /// The claims of an access token whose signature, issuer and expiry check out.
@@ -34,13 +35,36 @@ async fn active_access(state: &AppState, token: &str) -> Result<Option<AccessCla
     let Some(claims) = verify_signature(state, token) else {
         return Ok(None);
     };
-    if state.store.is_access_token_revoked(&claims.jti).await? {
+    if state
+        .store
+        .is_access_token_revoked(&claims.jti, claims.fam.as_deref())
+        .await?
+    {
         return Ok(None);
     }
     if let Some(sid) = &claims.sid
-        && state.store.session_by_public_id(sid).await?.is_none()
+        && live_session(state, sid).await?.is_none()
     {
         return Ok(None);
+    }
+    // A removed client's tokens, and a disabled user's, stop working at once.
+    if state
+        .store
+        .client_by_id(&ClientId::from_stored(claims.client_id.clone()))
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    if claims.sub != claims.client_id {
+        match state
+            .store
+            .user_by_id(&UserId::from_stored(claims.sub.clone()))
+            .await?
+        {
+            Some(u) if !u.disabled => {}
+            _ => return Ok(None),
+        }
     }
     Ok(Some(claims))
 }
@@ -94,7 +118,16 @@ pub(crate) async fn userinfo(
     };
     let scope = Scope::parse(&claims.scope);
     if !scope.contains("openid") {
-        return Ok(bearer_error("the access token has no openid scope"));
+        let mut r = JsonError(OAuthError::new(
+            ErrorCode::InsufficientScope,
+            "the access token has no openid scope",
+        ))
+        .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"insufficient_scope\", scope=\"openid\""),
+        );
+        return Ok(r);
     }
     let Some(user) = state
         .store
@@ -130,7 +163,7 @@ async fn active_refresh(
     }
     if !t.is_offline() {
         let alive = match &t.session_id {
-            Some(sid) => state.store.session_by_public_id(sid).await?.is_some(),
+            Some(sid) => live_session(state, sid).await?.is_some(),
             None => false,
         };
         if !alive {
@@ -160,7 +193,9 @@ pub(crate) async fn introspect_post(
         ))
     })?;
     let inactive = json!({"active": false});
-    let answer = match active_access(&state, token).await? {
+    // A client learns about its own tokens only (RFC 7662 §2.2, §4).
+    let own = |c: &AccessClaims| c.client_id == client.id.as_str();
+    let answer = match active_access(&state, token).await?.filter(own) {
         Some(c) => json!({
             "active": true,
             "scope": c.scope,

@@ -114,6 +114,24 @@ pub(crate) async fn signed_in(
     }
 }
 
+/// The session with this public ID, if it is alive: present, and not ended by time even if the
+/// sweeper has not removed it yet.
+pub(crate) async fn live_session(
+    state: &AppState,
+    public_id: &str,
+) -> Result<Option<Session>, lanyard_core::StoreError> {
+    let Some(s) = state.store.session_by_public_id(public_id).await? else {
+        return Ok(None);
+    };
+    let expired = state
+        .config
+        .session
+        .policy()
+        .expired(&s, state.clock.now())
+        .is_some();
+    Ok((!expired).then_some(s))
+}
+
 /// The sessions that have not ended, of one user or all, newest first.
 pub(crate) async fn live_sessions(
     state: &AppState,
@@ -125,6 +143,51 @@ pub(crate) async fn live_sessions(
         .store
         .list_sessions(user, policy.idle_cutoff(now), policy.lifetime_cutoff(now))
         .await
+}
+
+/// Starts a session for `user` after a successful sign-in: a fresh secret, always. If the
+/// browser held a session of the same user, it is renewed under the same public ID (the `sid`
+/// apps know); any other session it held ends. Appends `events` with the sign-in's own.
+pub(crate) async fn start_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientInfo,
+    user: &lanyard_core::user::User,
+    amr: Vec<String>,
+    mut events: Vec<NewAuditEvent>,
+) -> Result<SessionSecret, PageError> {
+    let now = state.clock.now();
+    let secret = SessionSecret::generate()?;
+    let mut session = lanyard_core::session::NewSession::new(&secret, user.id.clone(), now, amr)?;
+    session.ip = client.ip.map(|ip| ip.to_string());
+    session.user_agent = client.user_agent.clone();
+    let replaces = secret_from(headers, session_cookie_name(state)).map(|old| old.digest());
+    let mut renewed = false;
+    if let Some(old) = &replaces
+        && let Some(previous) = state.store.session_by_digest(old).await?
+        && previous.user_id == user.id
+    {
+        session.public_id = previous.public_id;
+        renewed = true;
+    }
+    let event = |kind| {
+        NewAuditEvent::new(now, kind)
+            .actor(client.actor())
+            .user(user.id.as_str())
+    };
+    events.push(event(AuditKind::SignInSucceeded));
+    events.push(event(AuditKind::SessionStarted).detail(format!(
+        "session={}{}",
+        session.public_id,
+        if renewed { " renewed" } else { "" }
+    )));
+    let max = state.config.session.max_per_user;
+    let public_id = state
+        .store
+        .create_session(&session, replaces.as_deref(), max, &events)
+        .await?;
+    tracing::info!(user = %user.id.as_str(), session = %public_id, renewed, "signed in");
+    Ok(secret)
 }
 
 /// Ends expired sessions and forgets old sign-in failures, once a minute, until the process
@@ -163,6 +226,9 @@ pub async fn sweep(state: &AppState) {
     .into_iter()
     .max()
     .unwrap_or_default();
+    if let Err(e) = store.sweep_codes(now).await {
+        tracing::warn!(error = %e, "code and token sweep failed");
+    }
     if let Err(e) = store
         .sweep_sign_in_failures(now.saturating_sub(longest))
         .await

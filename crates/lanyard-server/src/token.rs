@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::client_auth::{JsonError, authenticate, single_params};
+use crate::session::live_session;
 
 /// The claims of a Lanyard access token (RFC 9068 §2.2).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,6 +40,9 @@ pub(crate) struct AccessClaims {
     pub sid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
+    /// The refresh family the token came with: revoking the family revokes it too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fam: Option<String>,
 }
 
 fn err(code: ErrorCode, description: &'static str) -> JsonError {
@@ -101,8 +105,15 @@ async fn code_grant(
         .get("code")
         .ok_or_else(|| err(ErrorCode::InvalidRequest, "code is missing"))?;
     let now = state.clock.now();
-    let code_digest = digest(code);
-    let record = match state.store.redeem_code(&code_digest, now).await? {
+    // Named before the code is consumed, and recorded in the same statement, so that a replay,
+    // however close behind, knows what to revoke.
+    let jti = random_token(16)?;
+    let family = random_token(16)?;
+    let record = match state
+        .store
+        .redeem_code(&digest(code), now, &jti, &family)
+        .await?
+    {
         CodeRedemption::Fresh(record) => record,
         CodeRedemption::Replayed {
             access_jti,
@@ -147,12 +158,7 @@ async fn code_grant(
         }
     }
     // The session the code was issued under must still be alive.
-    if state
-        .store
-        .session_by_public_id(&record.session_id)
-        .await?
-        .is_none()
-    {
+    if live_session(state, &record.session_id).await?.is_none() {
         return Err(err(
             ErrorCode::InvalidGrant,
             "the sign-in behind this code has ended",
@@ -160,22 +166,32 @@ async fn code_grant(
     }
     let user = live_user(state, &record.user_id).await?;
     let scope = Scope::parse(&record.scope);
-    let minted = mint(
-        state,
+    let refresh = if client.allows(GrantType::RefreshToken) {
+        let secret = random_token(32)?;
+        let record = RefreshToken {
+            token_digest: digest(&secret),
+            family_id: family.clone(),
+            client_id: client.id.clone(),
+            user_id: user.id.clone(),
+            session_id: Some(record.session_id.clone()),
+            scope: scope.to_string(),
+            auth: record.auth.clone(),
+            issued_at: now,
+            expires_at: now.saturating_add(state.config.tokens.refresh_token_lifetime),
+        };
+        state.store.insert_refresh_token(&record).await?;
+        Some((secret, family))
+    } else {
+        None
+    };
+    let grant = Grant {
         client,
-        &user,
-        &scope,
-        Some(&record.session_id),
-        &record.auth,
-        record.nonce.as_deref(),
-        None,
-    )
-    .await?;
-    state
-        .store
-        .record_code_tokens(&code_digest, &minted.jti, minted.refresh_family.as_deref())
-        .await?;
-    Ok(minted.body)
+        user: &user,
+        scope: &scope,
+        session_id: Some(&record.session_id),
+        auth: &record.auth,
+    };
+    mint(state, &grant, jti, record.nonce.as_deref(), refresh)
 }
 
 async fn refresh_grant(
@@ -193,9 +209,11 @@ async fn refresh_grant(
         .get("refresh_token")
         .ok_or_else(|| err(ErrorCode::InvalidRequest, "refresh_token is missing"))?;
     let now = state.clock.now();
+    // The successor is stored in the same transaction that consumes the token.
+    let successor = random_token(32)?;
     let token = match state
         .store
-        .redeem_refresh_token(&digest(presented), now)
+        .rotate_refresh_token(&digest(presented), &digest(&successor), now)
         .await?
     {
         RefreshRedemption::Fresh(t) => t,
@@ -212,48 +230,71 @@ async fn refresh_grant(
         }
         RefreshRedemption::Unknown => return Err(invalid()),
     };
+    // From here on a refusal also kills the successor: the token was presented wrongly.
+    let refuse = |e: JsonError| refuse_family(state, token.family_id.clone(), e);
     if token.client_id != client.id || now >= token.expires_at {
-        return Err(invalid());
+        return refuse(invalid()).await;
     }
-    if !token.is_offline() {
-        let alive = match &token.session_id {
-            Some(sid) => state.store.session_by_public_id(sid).await?.is_some(),
-            None => false,
-        };
-        if !alive {
-            return Err(err(
-                ErrorCode::InvalidGrant,
-                "the sign-in behind this token has ended",
-            ));
-        }
+    let session = match &token.session_id {
+        Some(sid) => live_session(state, sid).await?,
+        None => None,
+    };
+    // offline_access tokens outlive their session; their new tokens then carry no `sid`.
+    if session.is_none() && !token.is_offline() {
+        return refuse(err(
+            ErrorCode::InvalidGrant,
+            "the sign-in behind this token has ended",
+        ))
+        .await;
     }
     let granted = Scope::parse(&token.scope);
+    // A narrower scope applies to this response's tokens; the refresh token keeps the grant
+    // (RFC 6749 §6).
     let scope = match params.get("scope") {
         Some(asked) => {
             let asked = Scope::parse(asked);
-            if !asked.within(&granted) {
-                return Err(err(
+            if !asked.within(&granted) || asked.is_empty() {
+                return refuse(err(
                     ErrorCode::InvalidScope,
                     "a refresh cannot widen the scope",
-                ));
+                ))
+                .await;
             }
             asked
         }
         None => granted,
     };
-    let user = live_user(state, &token.user_id).await?;
-    let minted = mint(
-        state,
+    let user = match live_user(state, &token.user_id).await {
+        Ok(u) => u,
+        Err(e) => return refuse(e).await,
+    };
+    let sid = session.as_ref().map(|s| s.public_id.as_str());
+    let grant = Grant {
         client,
-        &user,
-        &scope,
-        token.session_id.as_deref(),
-        &token.auth,
+        user: &user,
+        scope: &scope,
+        session_id: sid,
+        auth: &token.auth,
+    };
+    mint(
+        state,
+        &grant,
+        random_token(16)?,
         None,
-        Some(&token),
+        Some((successor, token.family_id.clone())),
     )
-    .await?;
-    Ok(minted.body)
+}
+
+async fn refuse_family(
+    state: &AppState,
+    family: String,
+    e: JsonError,
+) -> Result<serde_json::Value, JsonError> {
+    state
+        .store
+        .revoke_refresh_family(&family, state.clock.now())
+        .await?;
+    Err(e)
 }
 
 async fn client_credentials(
@@ -289,6 +330,7 @@ async fn client_credentials(
         scope: String::new(),
         sid: None,
         auth_time: None,
+        fam: None,
     };
     let access = sign(state, client, "at+jwt", &claims)?;
     Ok(
@@ -323,88 +365,64 @@ fn sign(
     })
 }
 
-struct Minted {
-    body: serde_json::Value,
-    jti: String,
-    refresh_family: Option<String>,
+/// Who the tokens are for and what they allow.
+struct Grant<'a> {
+    client: &'a Client,
+    user: &'a User,
+    scope: &'a Scope,
+    session_id: Option<&'a str>,
+    auth: &'a Authentication,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn mint(
+/// The token response: an access token, an ID token when the scope has `openid`, and the
+/// refresh token (already stored) if there is one.
+fn mint(
     state: &AppState,
-    client: &Client,
-    user: &User,
-    scope: &Scope,
-    session_id: Option<&str>,
-    auth: &Authentication,
+    g: &Grant<'_>,
+    jti: String,
     nonce: Option<&str>,
-    previous: Option<&RefreshToken>,
-) -> Result<Minted, JsonError> {
+    refresh: Option<(String, String)>,
+) -> Result<serde_json::Value, JsonError> {
     let now = state.clock.now();
     let t = &state.config.tokens;
-    let issuer = state.config.issuer.as_str();
-    let jti = random_token(16)?;
     let access_claims = AccessClaims {
-        iss: issuer.to_owned(),
-        sub: user.id.as_str().to_owned(),
-        aud: client.id.as_str().to_owned(),
-        client_id: client.id.as_str().to_owned(),
+        iss: state.config.issuer.as_str().to_owned(),
+        sub: g.user.id.as_str().to_owned(),
+        aud: g.client.id.as_str().to_owned(),
+        client_id: g.client.id.as_str().to_owned(),
         exp: now.saturating_add(t.access_token_lifetime).as_secs(),
         iat: now.as_secs(),
-        jti: jti.clone(),
-        scope: scope.to_string(),
-        sid: session_id.map(str::to_owned),
-        auth_time: Some(auth.auth_time.as_secs()),
+        jti,
+        scope: g.scope.to_string(),
+        sid: g.session_id.map(str::to_owned),
+        auth_time: Some(g.auth.auth_time.as_secs()),
+        fam: refresh.as_ref().map(|(_, family)| family.clone()),
     };
-    let access = sign(state, client, "at+jwt", &access_claims)?;
-    let id_token = sign(
-        state,
-        client,
-        "JWT",
-        &id_claims(
-            state, client, user, scope, session_id, auth, nonce, &access, now,
-        ),
-    )?;
-
-    let mut refresh_family = None;
+    let access = sign(state, g.client, "at+jwt", &access_claims)?;
     let mut body = serde_json::json!({
         "access_token": access,
         "token_type": "Bearer",
         "expires_in": t.access_token_lifetime.as_secs(),
-        "id_token": id_token,
-        "scope": scope.to_string(),
+        "scope": g.scope.to_string(),
     });
-    if client.allows(GrantType::RefreshToken) {
-        let refresh = random_token(32)?;
-        let family = match previous {
-            Some(p) => p.family_id.clone(),
-            None => random_token(16)?,
-        };
-        let expires_at = match previous {
-            // Rotation does not extend the family's life.
-            Some(p) => p.expires_at,
-            None => now.saturating_add(t.refresh_token_lifetime),
-        };
-        let record = RefreshToken {
-            token_digest: digest(&refresh),
-            family_id: family.clone(),
-            client_id: client.id.clone(),
-            user_id: user.id.clone(),
-            session_id: session_id.map(str::to_owned),
-            scope: scope.to_string(),
-            auth: auth.clone(),
-            issued_at: now,
-            expires_at,
-        };
-        state.store.insert_refresh_token(&record).await?;
-        body["refresh_token"] = refresh.into();
-        refresh_family = Some(family);
+    if g.scope.contains("openid") {
+        let claims = id_claims(
+            state,
+            g.client,
+            g.user,
+            g.scope,
+            g.session_id,
+            g.auth,
+            nonce,
+            &access,
+            now,
+        );
+        body["id_token"] = sign(state, g.client, "JWT", &claims)?.into();
     }
-    Ok(Minted {
-        body,
-        jti,
-        refresh_family,
-    })
+    if let Some((secret, _)) = refresh {
+        body["refresh_token"] = secret.into();
+    }
+    Ok(body)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -635,13 +635,14 @@ macro_rules! impl_store {
                 replaces: Option<&str>,
                 max_per_user: u32,
                 events: &[NewAuditEvent],
-            ) -> Result<u32, StoreError> {
+            ) -> Result<String, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
                 // Serialises sign-ins of one user, so two at once cannot both slip under the cap.
                 sqlx::query($lock_user).bind(s.user_id.as_str()).execute(&mut *tx).await.map_err(from_sqlx)?;
                 let template = events.first().cloned().unwrap_or_else(|| {
                     NewAuditEvent::new(s.now, lanyard_core::audit::AuditKind::SessionEnded)
                 });
+                let mut public_id = s.public_id.clone();
                 if let Some(old) = replaces {
                     let ended = sqlx::query_as::<_, EndedRow>(
                         "DELETE FROM sessions WHERE id_digest = $1 RETURNING public_id, user_id, created_at",
@@ -650,14 +651,17 @@ macro_rules! impl_store {
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(from_sqlx)?;
-                    audit_ended(&mut tx, &ended, EndReason::SignedOut, &template).await?;
+                    match ended.first() {
+                        Some(row) if row.user_id == s.user_id.as_str() => public_id = row.public_id.clone(),
+                        _ => audit_ended(&mut tx, &ended, EndReason::SignedOut, &template).await?,
+                    }
                 }
                 sqlx::query(
                     "INSERT INTO sessions (id_digest, public_id, user_id, created_at, auth_time, \
                      last_seen_at, amr, ip, user_agent) VALUES ($1, $2, $3, $4, $4, $4, $5, $6, $7)",
                 )
                 .bind(s.id_digest.as_str())
-                .bind(s.public_id.as_str())
+                .bind(public_id.as_str())
                 .bind(s.user_id.as_str())
                 .bind(s.now.as_secs())
                 .bind(join(s.amr.iter().map(String::as_str)))
@@ -701,7 +705,8 @@ macro_rules! impl_store {
                         .map_err(from_sqlx)?;
                 }
                 tx.commit().await.map_err(from_sqlx)?;
-                Ok(evicted)
+                tracing::debug!(evicted, "session created");
+                Ok(public_id)
             }
 
             async fn session_by_digest(&self, digest: &str) -> Result<Option<Session>, StoreError> {
@@ -1033,15 +1038,25 @@ macro_rules! impl_store {
                 Ok(rows.into_iter().map(|(c,)| ClientId::from_stored(c)).collect())
             }
 
-            async fn redeem_code(&self, digest: &str, now: UnixTime) -> Result<CodeRedemption, StoreError> {
-                // One statement decides who gets the code: of two racing redemptions, one
-                // updates the row and the other finds `used_at` already set.
+            async fn redeem_code(
+                &self,
+                digest: &str,
+                now: UnixTime,
+                access_jti: &str,
+                refresh_family: &str,
+            ) -> Result<CodeRedemption, StoreError> {
+                // One statement decides who gets the code and records what it is exchanged
+                // for: of two racing redemptions, one updates the row and the other finds
+                // `used_at` set, with the tokens to revoke already named.
                 let fresh = sqlx::query_as::<_, CodeRow>(concat!(
-                    "UPDATE authorization_codes SET used_at = $2 WHERE code_digest = $1 AND used_at IS NULL RETURNING ",
+                    "UPDATE authorization_codes SET used_at = $2, access_jti = $3, refresh_family = $4 \
+                     WHERE code_digest = $1 AND used_at IS NULL RETURNING ",
                     code_columns!()
                 ))
                 .bind(digest)
                 .bind(now.as_secs())
+                .bind(access_jti)
+                .bind(refresh_family)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(from_sqlx)?;
@@ -1061,24 +1076,6 @@ macro_rules! impl_store {
                 })
             }
 
-            async fn record_code_tokens(
-                &self,
-                digest: &str,
-                access_jti: &str,
-                refresh_family: Option<&str>,
-            ) -> Result<(), StoreError> {
-                sqlx::query(
-                    "UPDATE authorization_codes SET access_jti = $2, refresh_family = $3 WHERE code_digest = $1",
-                )
-                .bind(digest)
-                .bind(access_jti)
-                .bind(refresh_family)
-                .execute(&self.pool)
-                .await
-                .map_err(from_sqlx)?;
-                Ok(())
-            }
-
             async fn sweep_codes(&self, before: UnixTime) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM authorization_codes WHERE expires_at < $1")
                     .bind(before.as_secs())
@@ -1090,6 +1087,18 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await
                     .map_err(from_sqlx)?;
+                sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
+                    .bind(before.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                sqlx::query(
+                    "DELETE FROM refresh_family_revocations WHERE NOT EXISTS \
+                     (SELECT 1 FROM refresh_tokens t WHERE t.family_id = refresh_family_revocations.family_id)",
+                )
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
                 Ok(())
             }
 
@@ -1147,24 +1156,41 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn redeem_refresh_token(
+            async fn rotate_refresh_token(
                 &self,
                 digest: &str,
+                new_digest: &str,
                 now: UnixTime,
             ) -> Result<RefreshRedemption, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
                 let fresh = sqlx::query_as::<_, RefreshRow>(concat!(
                     "UPDATE refresh_tokens SET used_at = $2 WHERE token_digest = $1 \
-                     AND used_at IS NULL AND revoked_at IS NULL RETURNING ",
+                     AND used_at IS NULL AND revoked_at IS NULL AND NOT EXISTS \
+                     (SELECT 1 FROM refresh_family_revocations r WHERE r.family_id = refresh_tokens.family_id) \
+                     RETURNING ",
                     refresh_columns!()
                 ))
                 .bind(digest)
                 .bind(now.as_secs())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(from_sqlx)?;
                 if let Some(row) = fresh {
+                    sqlx::query(concat!(
+                        "INSERT INTO refresh_tokens (", refresh_columns!(), ") SELECT $2, family_id, \
+                         client_id, user_id, session_id, scope, auth_time, amr, acr, $3, expires_at \
+                         FROM refresh_tokens WHERE token_digest = $1"
+                    ))
+                    .bind(digest)
+                    .bind(new_digest)
+                    .bind(now.as_secs())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?;
+                    tx.commit().await.map_err(from_sqlx)?;
                     return Ok(RefreshRedemption::Fresh(Box::new(row.into())));
                 }
+                tx.commit().await.map_err(from_sqlx)?;
                 let family: Option<(String,)> =
                     sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_digest = $1")
                         .bind(digest)
@@ -1181,6 +1207,16 @@ macro_rules! impl_store {
             }
 
             async fn revoke_refresh_family(&self, family_id: &str, now: UnixTime) -> Result<u32, StoreError> {
+                // The marker first: it also kills a token of the family inserted after this.
+                sqlx::query(
+                    "INSERT INTO refresh_family_revocations (family_id, revoked_at) VALUES ($1, $2) \
+                     ON CONFLICT (family_id) DO NOTHING",
+                )
+                .bind(family_id)
+                .bind(now.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
                 let done = sqlx::query(
                     "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
                 )
@@ -1195,7 +1231,10 @@ macro_rules! impl_store {
 
             async fn refresh_token(&self, digest: &str) -> Result<Option<StoredRefresh>, StoreError> {
                 let row = sqlx::query_as::<_, RefreshStateRow>(concat!(
-                    "SELECT ", refresh_columns!(), ", used_at, revoked_at FROM refresh_tokens WHERE token_digest = $1"
+                    "SELECT ", refresh_columns!(), ", used_at, \
+                     COALESCE(revoked_at, (SELECT r.revoked_at FROM refresh_family_revocations r \
+                     WHERE r.family_id = refresh_tokens.family_id)) AS revoked_at \
+                     FROM refresh_tokens WHERE token_digest = $1"
                 ))
                 .bind(digest)
                 .fetch_optional(&self.pool)
@@ -1217,13 +1256,17 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-                let row: Option<(String,)> = sqlx::query_as("SELECT jti FROM revoked_access_tokens WHERE jti = $1")
-                    .bind(jti)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(from_sqlx)?;
-                Ok(row.is_some())
+            async fn is_access_token_revoked(&self, jti: &str, family: Option<&str>) -> Result<bool, StoreError> {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT (SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1) + \
+                     (SELECT COUNT(*) FROM refresh_family_revocations WHERE family_id = $2)",
+                )
+                .bind(jti)
+                .bind(family)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(n > 0)
             }
 
             async fn totp_factor(&self, user: &UserId) -> Result<Option<TotpFactor>, StoreError> {
