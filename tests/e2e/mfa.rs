@@ -273,3 +273,161 @@ async fn removing_the_authenticator_needs_the_password() {
     );
     assert!(field(&r.body, "csrf").is_some());
 }
+
+mod policy {
+    use lanyard_core::Clock;
+    use lanyard_core::client::ClientRegistration;
+    use openidconnect::PkceCodeChallenge;
+
+    use super::{PW, enrol, second_step};
+    use crate::harness::{Browser, TestDb, TestServer, register_client};
+
+    const REDIRECT: &str = "http://localhost:9999/callback";
+
+    fn authorize_url(server: &TestServer, client_id: &str, extra: &[(&str, &str)]) -> String {
+        let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT),
+            ("scope", "openid"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        {
+            q.append_pair(k, v);
+        }
+        format!("{}/authorize?{}", server.base, q.finish())
+    }
+
+    fn query(url: &url::Url) -> std::collections::HashMap<String, String> {
+        url.query_pairs().into_owned().collect()
+    }
+
+    async fn client(server: &TestServer, require_mfa: bool) -> String {
+        let reg = ClientRegistration {
+            name: format!("App {require_mfa}"),
+            redirect_uris: vec![REDIRECT.into()],
+            skip_consent: true,
+            require_mfa,
+            ..Default::default()
+        };
+        register_client(&server.store, reg).await.0
+    }
+
+    #[tokio::test]
+    async fn acr_values_asking_for_mfa_steps_a_password_session_up() {
+        let db = TestDb::new().await;
+        let server = TestServer::start(&db, |_| {}).await;
+        server.add_user("ada", PW).await;
+        let app = client(&server, false).await;
+        let mut old = Browser::new(&server);
+        old.sign_in("ada", PW).await;
+        let mut b = Browser::new(&server);
+        b.sign_in("ada", PW).await;
+        let (secret, _) = enrol(&server, &mut b).await;
+        server.advance(60);
+
+        let mfa = [("acr_values", lanyard_core::mfa::ACR_MFA)];
+        let none = [
+            ("acr_values", lanyard_core::mfa::ACR_MFA),
+            ("prompt", "none"),
+        ];
+        let back = old
+            .authorize(&authorize_url(&server, &app, &none), None, None)
+            .await
+            .unwrap();
+        assert_eq!(query(&back)["error"], "interaction_required");
+
+        let before = old.session_cookie().unwrap();
+        let page = old
+            .authorize(&authorize_url(&server, &app, &mfa), None, None)
+            .await
+            .expect_err("the second step");
+        assert!(page.body.contains("action=\"/login/mfa\""), "{}", page.body);
+        let r = second_step(&mut old, &secret.code_at(server.clock.now()).unwrap()).await;
+        assert_eq!(r.status, 303);
+        assert_ne!(
+            old.session_cookie().unwrap(),
+            before,
+            "step-up issues a new session ID"
+        );
+        let back = old.open(r.location().unwrap()).await;
+        let back = url::Url::parse(back.location().unwrap()).unwrap();
+        assert!(query(&back).contains_key("code"), "{back}");
+    }
+
+    #[tokio::test]
+    async fn a_client_requiring_mfa_leads_a_user_without_one_to_enrol_first() {
+        let db = TestDb::new().await;
+        let server = TestServer::start(&db, |_| {}).await;
+        server.add_user("ada", PW).await;
+        let app = client(&server, true).await;
+        let mut b = Browser::new(&server);
+        b.sign_in("ada", PW).await;
+        let url = authorize_url(&server, &app, &[]);
+        let page = b.open(&url).await;
+        assert_eq!(page.status, 303);
+        let enrol_at = page.location().unwrap().to_owned();
+        assert!(
+            enrol_at.starts_with("/account/totp?return_to="),
+            "{enrol_at}"
+        );
+        let form = b.open(&enrol_at).await;
+        assert!(form.body.contains("required to continue"));
+        let b32 = form
+            .body
+            .split("<code class=\"secret\">")
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap()
+            .to_owned();
+        let secret = lanyard_core::mfa::TotpSecret::from_base32(&b32).unwrap();
+        let return_to = crate::harness::field(&form.body, "return_to")
+            .map(|r| crate::harness::unescape(&r))
+            .unwrap();
+        let code = secret.code_at(server.clock.now()).unwrap();
+        let done = b
+            .post(
+                "/account/totp",
+                &[
+                    ("csrf", &form.csrf()),
+                    ("code", &code),
+                    ("return_to", &return_to),
+                ],
+            )
+            .await;
+        assert_eq!(done.status, 200);
+        assert!(done.body.contains(">Continue</a>"));
+        let back = b.authorize(&return_to, None, None).await.unwrap();
+        let code = query(&back)["code"].clone();
+        assert!(!code.is_empty());
+        let s = server.sessions(None).await.unwrap();
+        assert!(
+            s[0].amr.contains(&"mfa".to_owned()),
+            "the enrolment stepped the session up: {:?}",
+            s[0].amr
+        );
+    }
+
+    #[tokio::test]
+    async fn an_operator_can_require_mfa_for_everyone() {
+        let db = TestDb::new().await;
+        let server = TestServer::start(&db, |c| c.mfa.required = true).await;
+        server.add_user("ada", PW).await;
+        let mut b = Browser::new(&server);
+        let r = b.sign_in("ada", PW).await;
+        assert!(
+            r.location()
+                .unwrap()
+                .starts_with("/account/totp?return_to="),
+            "{:?}",
+            r.location()
+        );
+    }
+}

@@ -362,6 +362,28 @@ async fn proceed(
         // Signed in, but not recently enough: the form must show even so.
         other => return Ok(to_login(params, other.is_some())),
     };
+    // A second factor, if the operator, the client or the request (acr_values) asks for one
+    // and this session has not passed one: step up, or enrol first.
+    let wants_mfa = state.config.mfa.required
+        || client.require_mfa
+        || params
+            .get("acr_values")
+            .is_some_and(|v| v.split(' ').any(|a| a == lanyard_core::mfa::ACR_MFA));
+    if wants_mfa && !me.session.amr.iter().any(|m| m == "mfa") {
+        if c.prompt.none {
+            return Ok(reply.error(OAuthError::new(
+                InteractionRequired,
+                "a second factor is required",
+            )));
+        }
+        let here = format!("/authorize?{}", encode(params));
+        if crate::mfa::has_second_factor(state, &me.user).await? {
+            return crate::mfa::start_second_step(state, &me.user, &here).await;
+        }
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("return_to", &here);
+        return Ok(Redirect::to(&format!("/account/totp?{}", q.finish())).into_response());
+    }
     if consent == Some(false) {
         return Ok(reply.error(OAuthError::new(AccessDenied, "the user denied the request")));
     }
@@ -432,6 +454,17 @@ async fn proceed(
     };
     state.store.insert_code(&record).await?;
     Ok(reply.send(&[("code", &code)]))
+}
+
+/// The request's parameters as a query string, in a stable order.
+fn encode(params: &HashMap<String, String>) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    let mut keys: Vec<&String> = params.keys().collect();
+    keys.sort();
+    for k in keys {
+        q.append_pair(k, &params[k]);
+    }
+    q.finish()
 }
 
 /// Sends the browser to sign in, then back here. `force` shows the form even to a signed-in

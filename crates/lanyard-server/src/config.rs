@@ -32,6 +32,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub tokens: TokensConfig,
     pub registration: RegistrationConfig,
+    pub mfa: MfaConfig,
 }
 
 impl Default for Config {
@@ -49,6 +50,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             tokens: TokensConfig::default(),
             registration: RegistrationConfig::default(),
+            mfa: MfaConfig::default(),
         }
     }
 }
@@ -149,6 +151,14 @@ pub struct KeysConfig {
     /// Where to read (or create, mode 0600) the encryption key when `encryption_key` is unset.
     /// Default: `lanyard.key` beside the SQLite database, or in the working directory.
     pub encryption_key_file: Option<std::path::PathBuf>,
+}
+
+/// Second factors.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MfaConfig {
+    /// Every user must pass a second factor; those without one enrol after their password.
+    pub required: bool,
 }
 
 /// Dynamic Client Registration (RFC 7591): off unless a token is set.

@@ -167,7 +167,15 @@ pub(crate) async fn login_post(
     )
     .await?;
 
-    let mut response = Redirect::to(&return_to).into_response();
+    // When the operator requires a second factor, a user without one enrols before going on.
+    let next = if state.config.mfa.required {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("return_to", &return_to);
+        format!("/account/totp?{}", q.finish())
+    } else {
+        return_to
+    };
+    let mut response = Redirect::to(&next).into_response();
     set_cookie(
         &state,
         &mut response,

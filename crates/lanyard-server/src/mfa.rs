@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::session::start_session;
 use axum::Form;
-use axum::extract::State;
 use axum::extract::rejection::FormRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::audit::{AuditKind, NewAuditEvent};
@@ -37,6 +37,8 @@ struct TotpView {
     secret: String,
     csrf: String,
     error: Option<&'static str>,
+    return_to: String,
+    required: bool,
 }
 
 #[derive(askama::Template)]
@@ -44,6 +46,7 @@ struct TotpView {
 struct RecoveryView {
     codes: Vec<String>,
     message: Option<&'static str>,
+    next: String,
 }
 
 #[derive(askama::Template)]
@@ -91,6 +94,7 @@ async fn enrol_page(
     state: &AppState,
     me: &SignedIn,
     error: Option<&'static str>,
+    return_to: Option<&str>,
 ) -> Result<Response, PageError> {
     let secret = TotpSecret::generate()?;
     let sealed = state
@@ -117,6 +121,8 @@ async fn enrol_page(
         secret: secret.base32(),
         csrf: me.secret.csrf_token(),
         error,
+        return_to: safe_return_to(return_to),
+        required: return_to.is_some(),
     };
     let status = if error.is_some() {
         StatusCode::BAD_REQUEST
@@ -126,22 +132,29 @@ async fn enrol_page(
     Ok(render(status, &view))
 }
 
+#[derive(serde::Deserialize)]
+pub(crate) struct EnrolQuery {
+    return_to: Option<String>,
+}
+
 pub(crate) async fn totp_get(
     State(state): State<AppState>,
     headers: HeaderMap,
     client: ClientInfo,
+    Query(q): Query<EnrolQuery>,
 ) -> Result<Response, PageError> {
     let me = match require(&state, &headers, &client).await? {
         Ok(me) => me,
         Err(redirect) => return Ok(redirect),
     };
-    enrol_page(&state, &me, None).await
+    enrol_page(&state, &me, None, q.return_to.as_deref()).await
 }
 
 #[derive(serde::Deserialize)]
 pub(crate) struct CodeForm {
     csrf: String,
     code: String,
+    return_to: Option<String>,
 }
 
 pub(crate) async fn totp_post(
@@ -164,21 +177,17 @@ pub(crate) async fn totp_post(
     else {
         return Ok(Redirect::to("/account").into_response());
     };
-    let secret = TotpSecret::from_bytes(
-        state
-            .keys
-            .unseal(&factor.sealed_secret, &totp_context(&me.user))
-            .map_err(internal)?,
-    );
+    let sealed = state
+        .keys
+        .unseal(&factor.sealed_secret, &totp_context(&me.user))
+        .map_err(internal)?;
+    let secret = TotpSecret::from_bytes(sealed);
     let now = state.clock.now();
+    let return_to = form.return_to.as_deref().filter(|r| *r != "/account");
     let Some(step) = secret.matching_step(&form.code, now) else {
         // A new secret and QR code; the one the user scanned was not confirmed.
-        return enrol_page(
-            &state,
-            &me,
-            Some("That code did not match. Scan the new code and try again."),
-        )
-        .await;
+        let why = "That code did not match. Scan the new code and try again.";
+        return enrol_page(&state, &me, Some(why), return_to).await;
     };
     let codes = new_recovery_codes()?;
     let digests: Vec<String> = codes
@@ -196,13 +205,27 @@ pub(crate) async fn totp_post(
     {
         return Ok(Redirect::to("/account").into_response());
     }
+    // The user just proved the new factor: the session steps up (a new secret, same sid).
+    let mut amr = me.session.amr.clone();
+    amr.retain(|m| m != "otp" && m != "mfa");
+    amr.push("otp".to_owned());
+    amr.push("mfa".to_owned());
+    let renewed = start_session(&state, &headers, &client, &me.user, amr, Vec::new()).await?;
     let view = RecoveryView {
         codes,
         message: Some(
             "Your authenticator app is on. You will be asked for a code after your password.",
         ),
+        next: safe_return_to(return_to),
     };
-    Ok(render(StatusCode::OK, &view))
+    let mut response = render(StatusCode::OK, &view);
+    set_cookie(
+        &state,
+        &mut response,
+        session_cookie_name(&state),
+        Some(renewed.cookie_value()),
+    );
+    Ok(response)
 }
 
 #[derive(serde::Deserialize)]
@@ -290,13 +313,12 @@ pub(crate) async fn recovery_codes_post(
         .store
         .replace_recovery_codes(&me.user.id, &digests, &event)
         .await?;
-    Ok(render(
-        StatusCode::OK,
-        &RecoveryView {
-            codes,
-            message: Some("Your old recovery codes no longer work."),
-        },
-    ))
+    let view = RecoveryView {
+        codes,
+        message: Some("Your old recovery codes no longer work."),
+        next: "/account".to_owned(),
+    };
+    Ok(render(StatusCode::OK, &view))
 }
 
 // ---- the second step of sign-in ----
