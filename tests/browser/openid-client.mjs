@@ -45,7 +45,7 @@ try {
   await page.goto(url.href);
   await page.getByLabel('Username').fill(username);
   await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.waitForURL(u => u.href.startsWith(redirectUri));
 } finally {
   await context.close();

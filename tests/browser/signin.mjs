@@ -38,13 +38,13 @@ try {
 
   await page.getByLabel('Username').fill(username);
   await page.getByLabel('Password').fill('not the password');
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.waitForLoadState();
   check((await page.getByRole('alert').textContent())?.includes('Incorrect username or password'),
         'no clear message for a wrong password');
 
   await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.waitForURL(`${base}/account`);
   check(await page.getByText('this device').isVisible(), 'the current session is not marked');
   const cookie = (await context.cookies()).find(c => c.name === 'lanyard_session');

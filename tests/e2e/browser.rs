@@ -116,3 +116,51 @@ async fn openid_client_for_node_signs_in_and_refreshes() {
     assert_eq!(result["preferred_username"], "ada");
     assert_eq!(result["rotated"], true);
 }
+
+/// WebAuthn in Chromium with the DevTools virtual authenticator: a passkey signs in without a
+/// username; a security key is the second step after the password.
+#[tokio::test]
+async fn passkeys_and_security_keys_in_a_real_browser() {
+    if !available() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost(&db).await;
+    let ada = server.add_user("ada", "correct horse battery").await;
+    node(
+        "passkey.mjs",
+        &[&server.base, "ada", "correct horse battery"],
+    )
+    .await;
+
+    let keys = server.store.webauthn_credentials(&ada).await.unwrap();
+    let mut kinds: Vec<&str> = keys.iter().map(|k| k.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["passkey", "security_key"]);
+    assert!(
+        keys.iter().all(|k| k.last_used_at.is_some()),
+        "both were used"
+    );
+    let sessions = server.sessions(Some(&ada)).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(
+        sessions[0].amr,
+        ["pwd", "hwk", "mfa"],
+        "password and security key"
+    );
+    let events: Vec<String> = server
+        .store
+        .list_audit(Some(&ada), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|k| *k == "webauthn.registered")
+            .count(),
+        2
+    );
+}

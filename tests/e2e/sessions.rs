@@ -24,7 +24,7 @@ async fn sign_in_sets_a_safe_cookie_and_the_store_keeps_only_its_digest() {
 
     let login = b.get("/login").await;
     assert_eq!(login.status, 200);
-    assert!(login.body.contains(r#"autocomplete="username""#));
+    assert!(login.body.contains(r#"autocomplete="username webauthn""#));
     assert!(login.body.contains(r#"autocomplete="current-password""#));
     assert!(login.body.contains(">Sign in</button>"));
     let csp = login.headers["content-security-policy"].to_str().unwrap();

@@ -28,6 +28,9 @@ pub enum AuditKind {
     MfaFailed,
     RecoveryCodeUsed,
     RecoveryCodesRenewed,
+    KeyRegistered,
+    KeyRemoved,
+    KeyCounterRegressed,
 }
 
 impl AuditKind {
@@ -53,6 +56,9 @@ impl AuditKind {
             Self::MfaFailed => "mfa.failed",
             Self::RecoveryCodeUsed => "mfa.recovery_code_used",
             Self::RecoveryCodesRenewed => "mfa.recovery_codes_renewed",
+            Self::KeyRegistered => "webauthn.registered",
+            Self::KeyRemoved => "webauthn.removed",
+            Self::KeyCounterRegressed => "webauthn.counter_regressed",
         }
     }
 }

@@ -103,6 +103,44 @@ pub struct PendingSignIn {
     pub return_to: String,
 }
 
+/// A WebAuthn credential as stored; `credential` is the library's serialised form.
+#[derive(Clone, Debug)]
+pub struct WebauthnCredential {
+    pub credential_id: String,
+    pub user_id: crate::user::UserId,
+    pub kind: KeyKind,
+    pub name: String,
+    pub credential: String,
+    pub created_at: UnixTime,
+    pub last_used_at: Option<UnixTime>,
+}
+
+/// What a WebAuthn credential is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Discoverable and user-verifying: signs in without a password or username.
+    Passkey,
+    /// A second factor after the password.
+    SecurityKey,
+}
+
+impl KeyKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Passkey => "passkey",
+            Self::SecurityKey => "security_key",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "passkey" => Some(Self::Passkey),
+            "security_key" => Some(Self::SecurityKey),
+            _ => None,
+        }
+    }
+}
+
 /// Ten new recovery codes, `XXXX-XXXX-XXXX-XXXX` in base32 (80 bits each).
 pub fn new_recovery_codes() -> Result<Vec<String>, EntropyError> {
     (0..10)

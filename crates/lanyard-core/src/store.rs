@@ -11,7 +11,7 @@ use crate::client::{Client, ClientId};
 use crate::grant::{
     AuthorizationCode, CodeRedemption, RefreshRedemption, RefreshToken, StoredKey, StoredRefresh,
 };
-use crate::mfa::{PendingSignIn, TotpFactor};
+use crate::mfa::{PendingSignIn, TotpFactor, WebauthnCredential};
 use crate::session::{EndReason, NewSession, Session};
 use crate::throttle::{AttemptOutcome, Failures, Key};
 use crate::user::{NewUser, User, UserId, Username};
@@ -251,6 +251,54 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<bool, StoreError>;
     async fn recovery_codes_left(&self, user: &UserId) -> Result<u32, StoreError>;
+
+    async fn add_webauthn_credential(
+        &self,
+        credential: &WebauthnCredential,
+        event: &NewAuditEvent,
+    ) -> Result<(), StoreError>;
+    /// The user's credentials, oldest first.
+    async fn webauthn_credentials(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<WebauthnCredential>, StoreError>;
+    async fn webauthn_credential(
+        &self,
+        credential_id: &str,
+    ) -> Result<Option<WebauthnCredential>, StoreError>;
+    /// Records a use: the updated serialised credential (its counter) and the time.
+    async fn webauthn_used(
+        &self,
+        credential_id: &str,
+        credential: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Renames one of `user`'s credentials; false if it is not theirs.
+    async fn rename_webauthn_credential(
+        &self,
+        user: &UserId,
+        credential_id: &str,
+        name: &str,
+    ) -> Result<bool, StoreError>;
+    /// Removes one of `user`'s credentials; false if it is not theirs.
+    async fn remove_webauthn_credential(
+        &self,
+        user: &UserId,
+        credential_id: &str,
+        event: &NewAuditEvent,
+    ) -> Result<bool, StoreError>;
+    async fn put_ceremony(
+        &self,
+        id_digest: &str,
+        state: &str,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Takes (deletes and returns) a ceremony's state if it has not expired: it answers once.
+    async fn take_ceremony(
+        &self,
+        id_digest: &str,
+        now: UnixTime,
+    ) -> Result<Option<String>, StoreError>;
 
     async fn create_pending_signin(&self, pending: &PendingSignIn) -> Result<(), StoreError>;
     /// The pending sign-in with this digest, if it has not expired.

@@ -41,6 +41,15 @@ struct AccountView {
     min_length: usize,
     totp_on: bool,
     recovery_left: u32,
+    keys: Vec<KeyRow>,
+}
+
+struct KeyRow {
+    id: String,
+    name: String,
+    kind: &'static str,
+    created: String,
+    last_used: String,
 }
 
 pub(crate) async fn require(
@@ -100,6 +109,24 @@ pub(crate) async fn page(
         min_length: state.config.password.min_length,
         totp_on,
         recovery_left,
+        keys: state
+            .store
+            .webauthn_credentials(&me.user.id)
+            .await?
+            .into_iter()
+            .map(|k| KeyRow {
+                id: k.credential_id,
+                name: k.name,
+                kind: match k.kind {
+                    lanyard_core::mfa::KeyKind::Passkey => "Passkey",
+                    lanyard_core::mfa::KeyKind::SecurityKey => "Security key",
+                },
+                created: k.created_at.to_string(),
+                last_used: k
+                    .last_used_at
+                    .map_or_else(|| "never".to_owned(), |t| t.to_string()),
+            })
+            .collect(),
     };
     Ok(render(status, &view))
 }
@@ -307,4 +334,78 @@ mod tests {
         assert_eq!(device(Some(chrome)), "Chrome on Windows");
         assert_eq!(device(None), "Unknown device");
     }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct KeyForm {
+    csrf: String,
+    key: String,
+    name: Option<String>,
+}
+
+pub(crate) async fn key_rename_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+    form: Result<Form<KeyForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let Form(form) = form.map_err(form_error)?;
+    let me = match require(&state, &headers, &client).await? {
+        Ok(me) => me,
+        Err(redirect) => return Ok(redirect),
+    };
+    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
+    let name = form.name.as_deref().unwrap_or_default().trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        let why = "Give the key a name of up to 64 characters.".to_owned();
+        return page(&state, &me, StatusCode::BAD_REQUEST, None, Some(why)).await;
+    }
+    if !state
+        .store
+        .rename_webauthn_credential(&me.user.id, &form.key, name)
+        .await?
+    {
+        return page(
+            &state,
+            &me,
+            StatusCode::NOT_FOUND,
+            None,
+            Some("No such key.".to_owned()),
+        )
+        .await;
+    }
+    Ok(Redirect::to("/account").into_response())
+}
+
+pub(crate) async fn key_remove_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+    form: Result<Form<KeyForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let Form(form) = form.map_err(form_error)?;
+    let me = match require(&state, &headers, &client).await? {
+        Ok(me) => me,
+        Err(redirect) => return Ok(redirect),
+    };
+    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
+    let event = NewAuditEvent::new(state.clock.now(), AuditKind::KeyRemoved)
+        .user(me.user.id.as_str())
+        .actor(client.actor())
+        .detail(format!("credential={}", form.key));
+    if !state
+        .store
+        .remove_webauthn_credential(&me.user.id, &form.key, &event)
+        .await?
+    {
+        return page(
+            &state,
+            &me,
+            StatusCode::NOT_FOUND,
+            None,
+            Some("No such key.".to_owned()),
+        )
+        .await;
+    }
+    Ok(Redirect::to("/account").into_response())
 }

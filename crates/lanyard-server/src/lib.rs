@@ -21,6 +21,7 @@ pub mod telemetry;
 mod throttle;
 mod token;
 mod web;
+pub mod webauthn;
 
 pub use config::Config;
 pub use serve::{AppState, StartError, router, serve};

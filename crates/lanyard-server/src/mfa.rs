@@ -55,6 +55,7 @@ struct MfaView<'a> {
     username: &'a str,
     csrf: String,
     error: Option<&'static str>,
+    has_keys: bool,
 }
 
 fn internal(e: impl std::fmt::Display) -> PageError {
@@ -389,6 +390,7 @@ pub(crate) async fn mfa_get(
                 username: user.username.as_str(),
                 csrf: secret.csrf_token(),
                 error: None,
+                has_keys: has_security_key(&state, &user).await?,
             };
             Ok(render(StatusCode::OK, &view))
         }
@@ -403,7 +405,7 @@ pub(crate) async fn mfa_post(
     form: Result<Form<CodeForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let Some((pending_secret, p, user)) = pending(&state, &headers).await? else {
+    let Some((pending_secret, _, user)) = pending(&state, &headers).await? else {
         return Ok(Redirect::to("/login").into_response());
     };
     check_csrf(&state, &headers, Some(&pending_secret), &form.csrf)?;
@@ -421,22 +423,13 @@ pub(crate) async fn mfa_post(
             username: user.username.as_str(),
             csrf: pending_secret.csrf_token(),
             error: Some("That code is not right, or was used already."),
+            has_keys: has_security_key(&state, &user).await?,
         };
         return Ok(render(StatusCode::UNAUTHORIZED, &view));
     };
     attempt.settle(&state, AttemptOutcome::Succeeded).await?;
-    state.store.delete_pending_signin(&p.id_digest).await?;
-
-    let mut amr = p.amr.clone();
-    amr.push(method.to_owned());
-    amr.push("mfa".to_owned());
-    let done = NewAuditEvent::new(now, AuditKind::MfaSucceeded)
-        .actor(client.actor())
-        .user(user.id.as_str())
-        .detail(method);
-    let secret = start_session(&state, &headers, &client, &user, amr, vec![done]).await?;
-
-    let mut response = Redirect::to(&safe_return_to(Some(&p.return_to))).into_response();
+    let (next, secret) = finish_second_step(&state, &headers, &client, &user, method).await?;
+    let mut response = Redirect::to(&next).into_response();
     set_cookie(
         &state,
         &mut response,
@@ -445,6 +438,42 @@ pub(crate) async fn mfa_post(
     );
     set_cookie(&state, &mut response, pending_cookie_name(&state), None);
     Ok(response)
+}
+
+/// The pending sign-in's secret and user, for the security-key endpoints.
+pub(crate) async fn pending_for_webauthn(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Option<(SessionSecret, User)> {
+    pending(state, headers)
+        .await
+        .ok()
+        .flatten()
+        .map(|(secret, _, user)| (secret, user))
+}
+
+/// Turns the pending sign-in into a session after its second factor (`method`, RFC 8176)
+/// passed. Returns where to go next and the session's secret.
+pub(crate) async fn finish_second_step(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientInfo,
+    user: &User,
+    method: &str,
+) -> Result<(String, SessionSecret), PageError> {
+    let Some((_, p, _)) = pending(state, headers).await? else {
+        return Err(PageError::BadRequest("The sign-in expired. Start again."));
+    };
+    state.store.delete_pending_signin(&p.id_digest).await?;
+    let mut amr = p.amr.clone();
+    amr.push(method.to_owned());
+    amr.push("mfa".to_owned());
+    let done = NewAuditEvent::new(state.clock.now(), AuditKind::MfaSucceeded)
+        .actor(client.actor())
+        .user(user.id.as_str())
+        .detail(method.to_owned());
+    let secret = start_session(state, headers, client, user, amr, vec![done]).await?;
+    Ok((safe_return_to(Some(&p.return_to)), secret))
 }
 
 /// Checks a code: an authenticator code (consuming its step) or a recovery code (consuming
@@ -488,11 +517,25 @@ async fn verify_second_factor(
     Ok(None)
 }
 
+async fn has_security_key(state: &AppState, user: &User) -> Result<bool, PageError> {
+    let keys = state.store.webauthn_credentials(&user.id).await?;
+    Ok(keys
+        .iter()
+        .any(|k| k.kind == lanyard_core::mfa::KeyKind::SecurityKey))
+}
+
 /// Whether the user must pass a second step after the password.
 pub(crate) async fn has_second_factor(state: &AppState, user: &User) -> Result<bool, PageError> {
-    Ok(state
+    if state
         .store
         .totp_factor(&user.id)
         .await?
-        .is_some_and(|f| f.confirmed))
+        .is_some_and(|f| f.confirmed)
+    {
+        return Ok(true);
+    }
+    let keys = state.store.webauthn_credentials(&user.id).await?;
+    Ok(keys
+        .iter()
+        .any(|k| k.kind == lanyard_core::mfa::KeyKind::SecurityKey))
 }

@@ -44,6 +44,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub passwords: Arc<Passwords>,
     pub keys: Arc<KeyRing>,
+    pub webauthn: Arc<webauthn_rs::Webauthn>,
     pub audit_gate: Arc<AuditGate>,
 }
 
@@ -56,12 +57,16 @@ impl AppState {
     ) -> Result<Self, StartError> {
         let passwords = Passwords::new(config.password.clone())?;
         let keys = KeyRing::open(&config, &*store, clock.now()).await?;
+        let webauthn = Arc::new(
+            crate::webauthn::relying_party(config.issuer.as_str()).map_err(StartError::Webauthn)?,
+        );
         Ok(Self {
             store,
             clock,
             config: Arc::new(config),
             passwords,
             keys,
+            webauthn,
             audit_gate: Arc::default(),
         })
     }
@@ -74,6 +79,8 @@ pub enum StartError {
     Password(#[from] lanyard_core::password::PasswordError),
     #[error(transparent)]
     Keys(#[from] crate::keys::KeysError),
+    #[error("{0}")]
+    Webauthn(String),
 }
 
 pub fn router(state: AppState) -> Router {
@@ -101,6 +108,24 @@ pub fn router(state: AppState) -> Router {
         .route("/account/totp/remove", post(totp_remove_post))
         .route("/account/recovery-codes", post(recovery_codes_post))
         .route("/login/mfa", get(mfa_get).post(mfa_post))
+        .route("/login/passkey/start", post(crate::webauthn::login_start))
+        .route("/login/passkey/finish", post(crate::webauthn::login_finish))
+        .route("/login/mfa/key/start", post(crate::webauthn::mfa_start))
+        .route("/login/mfa/key/finish", post(crate::webauthn::mfa_finish))
+        .route("/account/keys/start", post(crate::webauthn::register_start))
+        .route(
+            "/account/keys/finish",
+            post(crate::webauthn::register_finish),
+        )
+        .route(
+            "/account/keys/rename",
+            post(crate::account::key_rename_post),
+        )
+        .route(
+            "/account/keys/remove",
+            post(crate::account::key_remove_post),
+        )
+        .route("/static/webauthn.js", get(crate::web::script_get))
         .route("/.well-known/openid-configuration", get(discovery_get))
         .route("/jwks.json", get(jwks_get))
         .route("/authorize", get(authorize_get).post(authorize_post))

@@ -157,6 +157,17 @@ pub(crate) async fn stylesheet_get() -> impl IntoResponse {
     )
 }
 
+/// The little script WebAuthn needs; no framework, no inline code.
+pub(crate) async fn script_get() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../../static/webauthn.js"),
+    )
+}
+
 /// Where a request comes from: the peer address (proxies come later) and the user agent.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ClientInfo {

@@ -6,7 +6,7 @@ use lanyard_core::client::{Client, ClientId, GrantType, IdTokenAlg};
 use lanyard_core::grant::{
     Authentication, AuthorizationCode, RefreshToken, StoredKey, StoredRefresh,
 };
-use lanyard_core::mfa::PendingSignIn;
+use lanyard_core::mfa::{KeyKind, PendingSignIn, WebauthnCredential};
 use lanyard_core::session::{EndReason, Session};
 use lanyard_core::user::{DisplayName, Email, User, UserId, Username};
 use lanyard_core::{StoreError, UnixTime};
@@ -312,6 +312,38 @@ impl From<PendingRow> for PendingSignIn {
 }
 
 #[derive(sqlx::FromRow)]
+pub(crate) struct WebauthnRow {
+    credential_id: String,
+    user_id: String,
+    kind: String,
+    name: String,
+    credential: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+}
+
+impl TryFrom<WebauthnRow> for WebauthnCredential {
+    type Error = StoreError;
+    fn try_from(r: WebauthnRow) -> Result<Self, StoreError> {
+        let kind = KeyKind::parse(&r.kind).ok_or_else(|| {
+            StoreError::Internal(format!(
+                "credential {} has kind {:?}",
+                r.credential_id, r.kind
+            ))
+        })?;
+        Ok(WebauthnCredential {
+            credential_id: r.credential_id,
+            user_id: UserId::from_stored(r.user_id),
+            kind,
+            name: r.name,
+            credential: r.credential,
+            created_at: UnixTime::from_secs(r.created_at),
+            last_used_at: r.last_used_at.map(UnixTime::from_secs),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
 pub(crate) struct AuditRow {
     id: i64,
     at: i64,
@@ -362,11 +394,11 @@ macro_rules! impl_store {
             StoredRefresh,
         };
 
-        use lanyard_core::mfa::{PendingSignIn, TotpFactor};
+        use lanyard_core::mfa::{PendingSignIn, TotpFactor, WebauthnCredential};
 
         use crate::shared::{
             AuditRow, ClientRow, CodeRow, EndedRow, KeyRow, PendingRow, RefreshRow, RefreshStateRow,
-            SessionRow, UserRow,
+            SessionRow, UserRow, WebauthnRow,
             ended_event, join,
         };
 
@@ -1087,6 +1119,11 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await
                     .map_err(from_sqlx)?;
+                sqlx::query("DELETE FROM webauthn_ceremonies WHERE expires_at < $1")
+                    .bind(before.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
                     .bind(before.as_secs())
                     .execute(&self.pool)
@@ -1399,6 +1436,113 @@ macro_rules! impl_store {
                 .await
                 .map_err(from_sqlx)?;
                 Ok(u32::try_from(n).unwrap_or(0))
+            }
+
+            async fn add_webauthn_credential(&self, c: &WebauthnCredential, e: &NewAuditEvent) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                sqlx::query(
+                    "INSERT INTO webauthn_credentials (credential_id, user_id, kind, name, credential, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(c.credential_id.as_str())
+                .bind(c.user_id.as_str())
+                .bind(c.kind.as_str())
+                .bind(c.name.as_str())
+                .bind(c.credential.as_str())
+                .bind(c.created_at.as_secs())
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| conflict_or(err, || "this key is registered already".to_owned()))?;
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)
+            }
+
+            async fn webauthn_credentials(&self, user: &UserId) -> Result<Vec<WebauthnCredential>, StoreError> {
+                let rows = sqlx::query_as::<_, WebauthnRow>(
+                    "SELECT credential_id, user_id, kind, name, credential, created_at, last_used_at \
+                     FROM webauthn_credentials WHERE user_id = $1 ORDER BY created_at, credential_id",
+                )
+                .bind(user.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                rows.into_iter().map(WebauthnCredential::try_from).collect()
+            }
+
+            async fn webauthn_credential(&self, credential_id: &str) -> Result<Option<WebauthnCredential>, StoreError> {
+                let row = sqlx::query_as::<_, WebauthnRow>(
+                    "SELECT credential_id, user_id, kind, name, credential, created_at, last_used_at \
+                     FROM webauthn_credentials WHERE credential_id = $1",
+                )
+                .bind(credential_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                row.map(WebauthnCredential::try_from).transpose()
+            }
+
+            async fn webauthn_used(&self, credential_id: &str, credential: &str, now: UnixTime) -> Result<(), StoreError> {
+                sqlx::query("UPDATE webauthn_credentials SET credential = $2, last_used_at = $3 WHERE credential_id = $1")
+                    .bind(credential_id)
+                    .bind(credential)
+                    .bind(now.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn rename_webauthn_credential(&self, user: &UserId, credential_id: &str, name: &str) -> Result<bool, StoreError> {
+                let done = sqlx::query("UPDATE webauthn_credentials SET name = $3 WHERE user_id = $1 AND credential_id = $2")
+                    .bind(user.as_str())
+                    .bind(credential_id)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?
+                    .rows_affected();
+                Ok(done == 1)
+            }
+
+            async fn remove_webauthn_credential(&self, user: &UserId, credential_id: &str, e: &NewAuditEvent) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let done = sqlx::query("DELETE FROM webauthn_credentials WHERE user_id = $1 AND credential_id = $2")
+                    .bind(user.as_str())
+                    .bind(credential_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?
+                    .rows_affected();
+                if done == 0 {
+                    return Ok(false);
+                }
+                insert_audit(&mut tx, e).await?;
+                tx.commit().await.map_err(from_sqlx)?;
+                Ok(true)
+            }
+
+            async fn put_ceremony(&self, id_digest: &str, state: &str, expires_at: UnixTime) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO webauthn_ceremonies (id_digest, state, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id_digest) DO UPDATE SET state = $2, expires_at = $3",
+                )
+                .bind(id_digest)
+                .bind(state)
+                .bind(expires_at.as_secs())
+                .execute(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(())
+            }
+
+            async fn take_ceremony(&self, id_digest: &str, now: UnixTime) -> Result<Option<String>, StoreError> {
+                let row: Option<(String, i64)> =
+                    sqlx::query_as("DELETE FROM webauthn_ceremonies WHERE id_digest = $1 RETURNING state, expires_at")
+                        .bind(id_digest)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(from_sqlx)?;
+                Ok(row.filter(|(_, exp)| *exp > now.as_secs()).map(|(state, _)| state))
             }
 
             async fn create_pending_signin(&self, p: &PendingSignIn) -> Result<(), StoreError> {
