@@ -107,12 +107,28 @@
       say(status, "Follow your browser's prompt…");
       const opts = await post("/account/keys/start", add.dataset.csrf, { kind });
       const cred = await navigator.credentials.create({ publicKey: creationOptions(opts) });
-      await post("/account/keys/finish", add.dataset.csrf, {
+      const done = await post("/account/keys/finish", add.dataset.csrf, {
         kind,
         name: document.getElementById("key-name").value,
         credential: created(cred),
       });
-      window.location.reload();
+      const codes = done.recovery_codes || [];
+      if (codes.length === 0) {
+        window.location.reload();
+        return;
+      }
+      // The first second factor: show the recovery codes, once, before going on.
+      const box = document.getElementById("new-recovery-codes");
+      box.hidden = false;
+      const list = box.querySelector("ul");
+      for (const c of codes) {
+        const li = document.createElement("li");
+        const code = document.createElement("code");
+        code.textContent = c;
+        li.appendChild(code);
+        list.appendChild(li);
+      }
+      say(status, "Your security key was added.");
     };
     for (const [id, kind] of [["add-passkey", "passkey"], ["add-security-key", "security_key"]]) {
       document.getElementById(id).addEventListener("click", () => {

@@ -24,11 +24,12 @@ try {
   page.on('pageerror', e => problems.push(`page error: ${e}`));
   page.on('console', msg => {
     const t = msg.text();
-    if (msg.type() === 'error' && !t.includes('status of 401')) problems.push(`console: ${t}`);
+    // The refused replay below answers 400 or 401 on purpose.
+    if (msg.type() === 'error' && !/status of 40[01]/.test(t)) problems.push(`console: ${t}`);
   });
   const cdp = await context.newCDPSession(page);
   await cdp.send('WebAuthn.enable');
-  await cdp.send('WebAuthn.addVirtualAuthenticator', {
+  const { authenticatorId: platform } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
     options: {
       protocol: 'ctap2', transport: 'internal', hasResidentKey: true,
       hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
@@ -56,6 +57,12 @@ try {
   check(await page.getByText('(Passkey)').isVisible(), 'the passkey is not listed');
   await signOut();
   check((await page.getAttribute('#username', 'autocomplete')) === 'username webauthn', 'no passkey autofill hint');
+  // Capture the passkey's answer, to replay it later.
+  let answered;
+  await page.route(`${base}/login/passkey/finish`, async (route) => {
+    answered = route.request().postData();
+    await route.continue();
+  });
   // The page also offers the passkey to autofill (conditional mediation); the virtual
   // authenticator may answer that at once. Either way no username was typed.
   await page.waitForTimeout(500);
@@ -64,6 +71,22 @@ try {
   }
   await page.waitForURL(`${base}/account`);
   check(await page.getByText(`Signed in as ${username}`).isVisible(), 'not signed in by the passkey');
+  await page.unroute(`${base}/login/passkey/finish`);
+  // The virtual authenticator answers autofill requests by itself; take it away so the
+  // password sign-ins below are not signed in by the passkey first.
+  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: platform });
+
+  // A replayed answer signs nobody in: its challenge was used up.
+  await signOut();
+  const replay = await page.evaluate(async (body) => {
+    const csrf = document.getElementById('passkey-login').dataset.csrf;
+    await fetch('/login/passkey/start', { method: 'POST', headers: { 'content-type': 'application/json', 'x-csrf-token': csrf }, body: '{}' });
+    const r = await fetch('/login/passkey/finish', { method: 'POST', headers: { 'content-type': 'application/json', 'x-csrf-token': csrf }, body });
+    return r.status;
+  }, answered);
+  check(replay === 401 || replay === 400, `a replayed passkey answer got ${replay}`);
+  await signInWithPassword();
+  await page.waitForURL(`${base}/account`);
 
   // A security key as the second step: a second, roaming authenticator (the first one already
   // holds a credential for this account, which registration excludes).
@@ -76,10 +99,13 @@ try {
   await page.getByLabel('Name for the new key').fill('Desk key');
   await page.getByRole('button', { name: 'Add security key' }).click();
   try {
-    await page.waitForSelector('text=Desk key', { timeout: 10000 });
+    await page.waitForSelector('#new-recovery-codes:not([hidden]) li', { timeout: 10000 });
   } catch (e) {
     throw new Error(`the security key was not added: ${await page.textContent('#key-status')}`);
   }
+  check((await page.locator('#new-recovery-codes li').count()) === 10, 'ten recovery codes for the first second factor');
+  await page.reload();
+  await page.waitForSelector('text=Desk key');
   await signOut();
   await signInWithPassword();
   await page.waitForURL(`${base}/login/mfa`);

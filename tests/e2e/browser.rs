@@ -164,3 +164,80 @@ async fn passkeys_and_security_keys_in_a_real_browser() {
         2
     );
 }
+
+/// An app asks for MFA with `acr_values`; the user has no second factor yet, so Lanyard leads
+/// them through setting up an authenticator in Chromium and back to the app, whose ID token
+/// then says MFA. A later sign-in takes the password and a code.
+#[tokio::test]
+async fn acr_values_lead_to_authenticator_enrolment_in_a_real_browser() {
+    if !available() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost(&db).await;
+    server.add_user("bob", "correct horse battery").await;
+    let redirect = "http://localhost:9/callback";
+    let reg = lanyard_core::client::ClientRegistration {
+        name: "App".into(),
+        redirect_uris: vec![redirect.into()],
+        skip_consent: true,
+        ..Default::default()
+    };
+    let (id, secret) = crate::harness::register_client(&server.store, reg).await;
+    let (challenge, verifier) = openidconnect::PkceCodeChallenge::new_random_sha256();
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("response_type", "code"),
+        ("client_id", id.as_str()),
+        ("redirect_uri", redirect),
+        ("scope", "openid"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("acr_values", lanyard_core::mfa::ACR_MFA),
+    ] {
+        q.append_pair(k, v);
+    }
+    let url = format!("{}/authorize?{}", server.base, q.finish());
+    let out = node(
+        "totp.mjs",
+        &[&server.base, &url, redirect, "bob", "correct horse battery"],
+    )
+    .await;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let callback = url::Url::parse(result["callback"].as_str().unwrap()).unwrap();
+    let code = callback
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("a code");
+
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", server.base))
+        .basic_auth(&id, secret.as_deref())
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("code_verifier", verifier.secret()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    use base64::Engine as _;
+    let claims = body["id_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["acr"], lanyard_core::mfa::ACR_MFA);
+    assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp", "mfa"]));
+}

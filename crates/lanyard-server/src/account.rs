@@ -40,6 +40,7 @@ struct AccountView {
     error: Option<String>,
     min_length: usize,
     totp_on: bool,
+    mfa_on: bool,
     recovery_left: u32,
     keys: Vec<KeyRow>,
 }
@@ -83,7 +84,8 @@ pub(crate) async fn page(
         .totp_factor(&me.user.id)
         .await?
         .is_some_and(|f| f.confirmed);
-    let recovery_left = if totp_on {
+    let mfa_on = crate::mfa::has_second_factor(state, &me.user).await?;
+    let recovery_left = if mfa_on {
         state.store.recovery_codes_left(&me.user.id).await?
     } else {
         0
@@ -108,6 +110,7 @@ pub(crate) async fn page(
         error,
         min_length: state.config.password.min_length,
         totp_on,
+        mfa_on,
         recovery_left,
         keys: state
             .store

@@ -299,7 +299,7 @@ pub(crate) async fn recovery_codes_post(
         Err(redirect) => return Ok(redirect),
     };
     check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
-    if confirmed_secret(&state, &me.user).await?.is_none() {
+    if !has_second_factor(&state, &me.user).await? {
         return Ok(Redirect::to("/account").into_response());
     }
     let codes = new_recovery_codes()?;

@@ -280,12 +280,42 @@ pub(crate) async fn register_finish(
         .add_webauthn_credential(&credential, &event)
         .await
     {
+        Ok(()) if kind == KeyKind::SecurityKey => {
+            match first_recovery_codes(&state, &me.user, &client).await {
+                Ok(codes) => Json(json!({"ok": true, "recovery_codes": codes})).into_response(),
+                Err(e) => page_error(e),
+            }
+        }
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(lanyard_core::StoreError::Conflict(_)) => {
             fail(StatusCode::CONFLICT, "this key is registered already")
         }
         Err(e) => page_error(e.into()),
     }
+}
+
+/// Recovery codes for a user's first second factor: made and returned once, if they have none.
+async fn first_recovery_codes(
+    state: &AppState,
+    user: &User,
+    client: &ClientInfo,
+) -> Result<Vec<String>, PageError> {
+    if state.store.recovery_codes_left(&user.id).await? > 0 {
+        return Ok(Vec::new());
+    }
+    let codes = lanyard_core::mfa::new_recovery_codes()?;
+    let digests: Vec<String> = codes
+        .iter()
+        .map(|c| lanyard_core::mfa::recovery_digest(user.id.as_str(), c))
+        .collect();
+    let event = NewAuditEvent::new(state.clock.now(), AuditKind::RecoveryCodesRenewed)
+        .user(user.id.as_str())
+        .actor(client.actor());
+    state
+        .store
+        .replace_recovery_codes(&user.id, &digests, &event)
+        .await?;
+    Ok(codes)
 }
 
 // ---- passwordless sign-in with a passkey, from /login ----
