@@ -431,3 +431,135 @@ mod policy {
         );
     }
 }
+
+#[tokio::test]
+async fn keys_are_renamed_and_removed_only_by_their_owner() {
+    use lanyard_core::audit::{AuditKind, NewAuditEvent};
+    use lanyard_core::mfa::{KeyKind, WebauthnCredential};
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let ada = server.add_user("ada", PW).await;
+    let bob = server.add_user("bob", PW).await;
+    let now = server.clock.now();
+    for (user, id) in [(&ada, "ada-key"), (&bob, "bob-key")] {
+        let c = WebauthnCredential {
+            credential_id: id.into(),
+            user_id: user.clone(),
+            kind: KeyKind::SecurityKey,
+            name: "Key".into(),
+            credential: "{}".into(),
+            created_at: now,
+            last_used_at: None,
+        };
+        server
+            .store
+            .add_webauthn_credential(&c, &NewAuditEvent::new(now, AuditKind::KeyRegistered))
+            .await
+            .unwrap();
+    }
+    let mut b = Browser::new(&server);
+    // ada has a security key now, so her sign-in asks for a second step; use a recovery code.
+    let codes = lanyard_core::mfa::new_recovery_codes().unwrap();
+    let digests: Vec<String> = codes
+        .iter()
+        .map(|c| lanyard_core::mfa::recovery_digest(ada.as_str(), c))
+        .collect();
+    server
+        .store
+        .replace_recovery_codes(
+            &ada,
+            &digests,
+            &NewAuditEvent::new(now, AuditKind::RecoveryCodesRenewed),
+        )
+        .await
+        .unwrap();
+    b.sign_in("ada", PW).await;
+    assert_eq!(second_step(&mut b, &codes[0]).await.status, 303);
+    let csrf = b.get("/account").await.csrf();
+
+    let r = b
+        .post(
+            "/account/keys/rename",
+            &[("csrf", &csrf), ("key", "bob-key"), ("name", "Mine now")],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = b
+        .post(
+            "/account/keys/remove",
+            &[("csrf", &csrf), ("key", "bob-key")],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        server
+            .store
+            .webauthn_credential("bob-key")
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "Key"
+    );
+
+    let r = b
+        .post(
+            "/account/keys/rename",
+            &[("csrf", &csrf), ("key", "ada-key"), ("name", "")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = b
+        .post(
+            "/account/keys/rename",
+            &[("csrf", &csrf), ("key", "ada-key"), ("name", "Desk key")],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert!(b.get("/account").await.body.contains("Desk key"));
+    assert_eq!(
+        b.post(
+            "/account/keys/remove",
+            &[("csrf", "forged"), ("key", "ada-key")]
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        b.post(
+            "/account/keys/remove",
+            &[("csrf", &csrf), ("key", "ada-key")]
+        )
+        .await
+        .status,
+        303
+    );
+    assert!(
+        server
+            .store
+            .webauthn_credential("ada-key")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The passkey endpoints answer only a browser that loaded the sign-in page, with its token.
+    let mut stranger = Browser::new(&server);
+    assert_eq!(
+        stranger.post("/login/passkey/start", &[]).await.status,
+        400,
+        "no pre-session"
+    );
+    let login = stranger.get("/login").await;
+    let r = stranger
+        .post_with("/login/passkey/start", &[], ("x-csrf-token", "forged"))
+        .await;
+    assert_eq!(r.status, 403);
+    let token = crate::harness::field(&login.body, "csrf").unwrap();
+    let r = stranger
+        .post_with("/login/passkey/start", &[], ("x-csrf-token", &token))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"challenge\""));
+}
