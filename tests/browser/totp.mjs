@@ -1,7 +1,8 @@
 // An app asks for a second factor (acr_values); the user has none, so Lanyard leads them to set
 // up an authenticator in Chromium, with codes computed here as an authenticator app would
 // (RFC 6238), then back to the app. Then a fresh sign-in with password and code.
-// Usage: node totp.mjs BASE_URL AUTHORIZE_URL CALLBACK_PREFIX USERNAME PASSWORD
+// Usage: node totp.mjs BASE_URL AUTHORIZE_URL CALLBACK_PREFIX USERNAME PASSWORD SERVER_TIME
+// (SERVER_TIME: the server's clock in Unix seconds; the test server's clock stands still.)
 // Prints {"callback": URL}; exits non-zero, with the reason, on failure.
 import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -9,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const [base, authorizeUrl, callbackPrefix, username, password] = process.argv.slice(2);
+const [base, authorizeUrl, callbackPrefix, username, password, serverTime] = process.argv.slice(2);
 
 const base32 = (s) => {
   const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
@@ -50,7 +51,7 @@ try {
   await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.waitForURL((u) => u.pathname === '/account/totp');
   const secret = (await page.textContent('code.secret')).trim();
-  const now = Date.now() / 1000;
+  const now = Number(serverTime);
   await page.getByLabel('Enter the 6-digit code the app shows').fill(totp(secret, now));
   await page.getByRole('button', { name: 'Turn on' }).click();
   await page.waitForSelector('text=Your recovery codes');

@@ -198,9 +198,19 @@ async fn acr_values_lead_to_authenticator_enrolment_in_a_real_browser() {
         q.append_pair(k, v);
     }
     let url = format!("{}/authorize?{}", server.base, q.finish());
+    let now = lanyard_core::Clock::now(&*server.clock)
+        .as_secs()
+        .to_string();
     let out = node(
         "totp.mjs",
-        &[&server.base, &url, redirect, "bob", "correct horse battery"],
+        &[
+            &server.base,
+            &url,
+            redirect,
+            "bob",
+            "correct horse battery",
+            &now,
+        ],
     )
     .await;
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

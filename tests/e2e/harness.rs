@@ -365,6 +365,16 @@ impl Browser {
         self.send(req).await
     }
 
+    /// POSTs JSON with the page's CSRF token in `x-csrf-token`, as the WebAuthn script does.
+    pub async fn post_json(&mut self, path: &str, body: &serde_json::Value, csrf: &str) -> Page {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .header("x-csrf-token", csrf);
+        self.send(req).await
+    }
+
     /// Loads the login page and signs in; returns the answer to the POST.
     pub async fn sign_in(&mut self, username: &str, password: &str) -> Page {
         let page = self.get("/login").await;

@@ -487,7 +487,7 @@ async fn keys_are_renamed_and_removed_only_by_their_owner() {
     let r = b
         .post(
             "/account/keys/remove",
-            &[("csrf", &csrf), ("key", "bob-key")],
+            &[("csrf", &csrf), ("key", "bob-key"), ("password", PW)],
         )
         .await;
     assert_eq!(r.status, 404);
@@ -520,16 +520,23 @@ async fn keys_are_renamed_and_removed_only_by_their_owner() {
     assert_eq!(
         b.post(
             "/account/keys/remove",
-            &[("csrf", "forged"), ("key", "ada-key")]
+            &[("csrf", "forged"), ("key", "ada-key"), ("password", PW)]
         )
         .await
         .status,
         403
     );
+    let r = b
+        .post(
+            "/account/keys/remove",
+            &[("csrf", &csrf), ("key", "ada-key"), ("password", "wrong")],
+        )
+        .await;
+    assert_eq!(r.status, 401, "removing a key needs the password");
     assert_eq!(
         b.post(
             "/account/keys/remove",
-            &[("csrf", &csrf), ("key", "ada-key")]
+            &[("csrf", &csrf), ("key", "ada-key"), ("password", PW)]
         )
         .await
         .status,
@@ -562,4 +569,71 @@ async fn keys_are_renamed_and_removed_only_by_their_owner() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("\"challenge\""));
+}
+
+#[tokio::test]
+async fn a_session_that_skipped_the_second_factor_cannot_change_the_factors() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    server.add_user("ada", PW).await;
+    // A session from before the authenticator existed: password only.
+    let mut old = Browser::new(&server);
+    old.sign_in("ada", PW).await;
+    let mut b = Browser::new(&server);
+    b.sign_in("ada", PW).await;
+    enrol(&server, &mut b).await;
+
+    let page = old.get("/account").await;
+    assert!(page.body.contains("confirm it's you"), "the page says why");
+    let csrf = page.csrf();
+    for (path, form) in [
+        ("/account/recovery-codes", vec![("csrf", csrf.as_str())]),
+        (
+            "/account/totp/remove",
+            vec![("csrf", csrf.as_str()), ("password", PW)],
+        ),
+    ] {
+        let r = old.post(path, &form).await;
+        assert_eq!(
+            (r.status, r.location()),
+            (303, Some("/account/step-up")),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        old.get("/account/totp").await.location(),
+        Some("/account/step-up")
+    );
+    let r = old
+        .post_json(
+            "/account/keys/start",
+            &serde_json::json!({"kind": "passkey"}),
+            &csrf,
+        )
+        .await;
+    assert_eq!(
+        r.status, 403,
+        "no new key from a password-only session: {}",
+        r.body
+    );
+    let fresh = b.get("/account").await.csrf();
+    let r = b
+        .post_json(
+            "/account/keys/start",
+            &serde_json::json!({"kind": "passkey"}),
+            &fresh,
+        )
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "the session that passed the factor may: {}",
+        r.body
+    );
+    assert!(
+        b.get("/account")
+            .await
+            .body
+            .contains("Authenticator app: <strong>on</strong>"),
+        "still on"
+    );
 }

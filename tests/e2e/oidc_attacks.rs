@@ -800,8 +800,17 @@ async fn rotated_keys_are_published_at_once_and_sign_after_propagation() {
         "the old key signs until the new one has propagated"
     );
 
+    // The CLI stamped the new key with the wall clock; move the server's clock past its start.
+    let keys = s.server.store.signing_keys().await.unwrap();
+    let newest = keys.iter().map(|k| k.activates_at).max().unwrap();
+    assert!(
+        newest.as_secs()
+            >= s.server.clock.now().as_secs() + lanyard_server::keys::PROPAGATION.as_secs() as i64
+                - 1
+    );
     s.server
-        .advance(lanyard_server::keys::PROPAGATION.as_secs() + 1);
+        .clock
+        .set(newest.saturating_add(std::time::Duration::from_secs(1)));
     s.server
         .state
         .keys

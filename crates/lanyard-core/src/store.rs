@@ -223,11 +223,13 @@ pub trait Store: Send + Sync + 'static {
         sealed: &str,
         now: UnixTime,
     ) -> Result<bool, StoreError>;
-    /// Confirms an enrolment with the step of the code the user entered, and replaces the
-    /// recovery codes; false if there was nothing to confirm.
+    /// Confirms the enrolment of exactly the secret `sealed` (the one the code was checked
+    /// against) with the code's step, and replaces the recovery codes; false if that secret is
+    /// no longer the one waiting.
     async fn confirm_totp(
         &self,
         user: &UserId,
+        sealed: &str,
         step: i64,
         recovery_digests: &[String],
         event: &NewAuditEvent,
@@ -307,7 +309,8 @@ pub trait Store: Send + Sync + 'static {
         digest: &str,
         now: UnixTime,
     ) -> Result<Option<PendingSignIn>, StoreError>;
-    async fn delete_pending_signin(&self, digest: &str) -> Result<(), StoreError>;
+    /// Deletes a pending sign-in; false if it was gone already (so it finishes once).
+    async fn delete_pending_signin(&self, digest: &str) -> Result<bool, StoreError>;
 
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError>;
     /// The newest `limit` events, newest first, optionally only those about one user.

@@ -41,6 +41,7 @@ struct AccountView {
     min_length: usize,
     totp_on: bool,
     mfa_on: bool,
+    may_manage: bool,
     recovery_left: u32,
     keys: Vec<KeyRow>,
 }
@@ -62,6 +63,10 @@ pub(crate) async fn require(
         Some(s) => Ok(s),
         None => Err(Redirect::to("/login?return_to=/account").into_response()),
     })
+}
+
+fn mfa_on_and_passed(me: &SignedIn, mfa_on: bool) -> bool {
+    !mfa_on || me.session.amr.iter().any(|m| m == "mfa")
 }
 
 pub(crate) async fn page(
@@ -111,6 +116,7 @@ pub(crate) async fn page(
         min_length: state.config.password.min_length,
         totp_on,
         mfa_on,
+        may_manage: mfa_on_and_passed(me, mfa_on),
         recovery_left,
         keys: state
             .store
@@ -344,6 +350,7 @@ pub(crate) struct KeyForm {
     csrf: String,
     key: String,
     name: Option<String>,
+    password: Option<String>,
 }
 
 pub(crate) async fn key_rename_post(
@@ -358,6 +365,9 @@ pub(crate) async fn key_rename_post(
         Err(redirect) => return Ok(redirect),
     };
     check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
+    if !crate::mfa::may_manage_factors(&state, &me).await? {
+        return Ok(Redirect::to("/account/step-up").into_response());
+    }
     let name = form.name.as_deref().unwrap_or_default().trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         let why = "Give the key a name of up to 64 characters.".to_owned();
@@ -392,6 +402,29 @@ pub(crate) async fn key_remove_post(
         Err(redirect) => return Ok(redirect),
     };
     check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
+    if !crate::mfa::may_manage_factors(&state, &me).await? {
+        return Ok(Redirect::to("/account/step-up").into_response());
+    }
+    // Taking a key away is taking a way in away: the password confirms it is the owner.
+    let attempt = throttle::begin(
+        &state,
+        me.user.username.as_str(),
+        Some(me.user.id.as_str()),
+        &client,
+    )
+    .await?;
+    let password = SecretString::from(form.password.clone().unwrap_or_default());
+    if state
+        .passwords
+        .verify(password, Some(me.user.password_hash.clone()))
+        .await
+        == Verified::No
+    {
+        attempt.settle(&state, AttemptOutcome::Failed).await?;
+        let why = "Your password was not correct, so the key stays.".to_owned();
+        return page(&state, &me, StatusCode::UNAUTHORIZED, None, Some(why)).await;
+    }
+    attempt.settle(&state, AttemptOutcome::Succeeded).await?;
     let event = NewAuditEvent::new(state.clock.now(), AuditKind::KeyRemoved)
         .user(me.user.id.as_str())
         .actor(client.actor())

@@ -148,6 +148,9 @@ pub(crate) async fn totp_get(
         Ok(me) => me,
         Err(redirect) => return Ok(redirect),
     };
+    if !may_manage_factors(&state, &me).await? {
+        return Ok(step_up_first());
+    }
     enrol_page(&state, &me, None, q.return_to.as_deref()).await
 }
 
@@ -169,6 +172,9 @@ pub(crate) async fn totp_post(
         Ok(me) => me,
         Err(redirect) => return Ok(redirect),
     };
+    if !may_manage_factors(&state, &me).await? {
+        return Ok(step_up_first());
+    }
     check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     let Some(factor) = state
         .store
@@ -201,7 +207,7 @@ pub(crate) async fn totp_post(
         .detail("totp");
     if !state
         .store
-        .confirm_totp(&me.user.id, step, &digests, &event)
+        .confirm_totp(&me.user.id, &factor.sealed_secret, step, &digests, &event)
         .await?
     {
         return Ok(Redirect::to("/account").into_response());
@@ -246,6 +252,9 @@ pub(crate) async fn totp_remove_post(
         Ok(me) => me,
         Err(redirect) => return Ok(redirect),
     };
+    if !may_manage_factors(&state, &me).await? {
+        return Ok(step_up_first());
+    }
     check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     let attempt = throttle::begin(
         &state,
@@ -298,6 +307,9 @@ pub(crate) async fn recovery_codes_post(
         Ok(me) => me,
         Err(redirect) => return Ok(redirect),
     };
+    if !may_manage_factors(&state, &me).await? {
+        return Ok(step_up_first());
+    }
     check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     if !has_second_factor(&state, &me.user).await? {
         return Ok(Redirect::to("/account").into_response());
@@ -464,7 +476,10 @@ pub(crate) async fn finish_second_step(
     let Some((_, p, _)) = pending(state, headers).await? else {
         return Err(PageError::BadRequest("The sign-in expired. Start again."));
     };
-    state.store.delete_pending_signin(&p.id_digest).await?;
+    // Exactly one request finishes a pending sign-in.
+    if !state.store.delete_pending_signin(&p.id_digest).await? {
+        return Err(PageError::BadRequest("The sign-in expired. Start again."));
+    }
     let mut amr = p.amr.clone();
     amr.push(method.to_owned());
     amr.push("mfa".to_owned());
@@ -522,6 +537,34 @@ async fn has_security_key(state: &AppState, user: &User) -> Result<bool, PageErr
     Ok(keys
         .iter()
         .any(|k| k.kind == lanyard_core::mfa::KeyKind::SecurityKey))
+}
+
+/// Whether this session may change the user's sign-in methods: if the user has a second factor,
+/// only a session that passed one may (else a stolen password could add its own key, or take
+/// the factor away).
+pub(crate) async fn may_manage_factors(state: &AppState, me: &SignedIn) -> Result<bool, PageError> {
+    Ok(me.session.amr.iter().any(|m| m == "mfa") || !has_second_factor(state, &me.user).await?)
+}
+
+/// `GET /account/step-up`: confirm the second factor, then back to /account.
+pub(crate) async fn step_up_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+) -> Result<Response, PageError> {
+    let me = match require(&state, &headers, &client).await? {
+        Ok(me) => me,
+        Err(redirect) => return Ok(redirect),
+    };
+    if !has_second_factor(&state, &me.user).await? {
+        return Ok(Redirect::to("/account").into_response());
+    }
+    start_second_step(&state, &me.user, "/account").await
+}
+
+/// The redirect for a request that needs a session that passed the second factor.
+fn step_up_first() -> Response {
+    Redirect::to("/account/step-up").into_response()
 }
 
 /// Whether the user must pass a second step after the password.

@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/account/totp/remove", post(totp_remove_post))
         .route("/account/recovery-codes", post(recovery_codes_post))
         .route("/login/mfa", get(mfa_get).post(mfa_post))
+        .route("/account/step-up", get(crate::mfa::step_up_get))
         .route("/login/passkey/start", post(crate::webauthn::login_start))
         .route("/login/passkey/finish", post(crate::webauthn::login_finish))
         .route("/login/mfa/key/start", post(crate::webauthn::mfa_start))

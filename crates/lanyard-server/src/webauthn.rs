@@ -55,6 +55,7 @@ fn fail(status: StatusCode, message: &'static str) -> Response {
 fn page_error(e: PageError) -> Response {
     match e {
         PageError::Csrf => fail(StatusCode::FORBIDDEN, "the page has expired; reload it"),
+        PageError::BadRequest(why) => fail(StatusCode::BAD_REQUEST, why),
         PageError::Throttled(_) => fail(StatusCode::TOO_MANY_REQUESTS, "too many attempts"),
         other => {
             tracing::error!(error = %other, "webauthn request failed");
@@ -149,6 +150,16 @@ pub(crate) async fn register_start(
     if let Err(e) = check_csrf(&state, &headers, Some(&me.secret), csrf_header(&headers)) {
         return page_error(e);
     }
+    match crate::mfa::may_manage_factors(&state, &me).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return fail(
+                StatusCode::FORBIDDEN,
+                "confirm your second factor first: reload the page",
+            );
+        }
+        Err(e) => return page_error(e),
+    }
     let Some(kind) = KeyKind::parse(&body.kind) else {
         return fail(StatusCode::BAD_REQUEST, "unknown kind");
     };
@@ -228,6 +239,16 @@ pub(crate) async fn register_finish(
     };
     if let Err(e) = check_csrf(&state, &headers, Some(&me.secret), csrf_header(&headers)) {
         return page_error(e);
+    }
+    match crate::mfa::may_manage_factors(&state, &me).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return fail(
+                StatusCode::FORBIDDEN,
+                "confirm your second factor first: reload the page",
+            );
+        }
+        Err(e) => return page_error(e),
     }
     let Some(kind) = KeyKind::parse(&body.kind) else {
         return fail(StatusCode::BAD_REQUEST, "unknown kind");

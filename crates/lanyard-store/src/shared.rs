@@ -1119,6 +1119,11 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await
                     .map_err(from_sqlx)?;
+                sqlx::query("DELETE FROM pending_signins WHERE expires_at < $1")
+                    .bind(before.as_secs())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM webauthn_ceremonies WHERE expires_at < $1")
                     .bind(before.as_secs())
                     .execute(&self.pool)
@@ -1340,6 +1345,7 @@ macro_rules! impl_store {
             async fn confirm_totp(
                 &self,
                 user: &UserId,
+                sealed: &str,
                 step: i64,
                 recovery_digests: &[String],
                 e: &NewAuditEvent,
@@ -1347,11 +1353,12 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
                 let done = sqlx::query(
                     "UPDATE totp_factors SET confirmed_at = $2, last_step = $3 \
-                     WHERE user_id = $1 AND confirmed_at IS NULL",
+                     WHERE user_id = $1 AND confirmed_at IS NULL AND sealed_secret = $4",
                 )
                 .bind(user.as_str())
                 .bind(e.at.as_secs())
                 .bind(step)
+                .bind(sealed)
                 .execute(&mut *tx)
                 .await
                 .map_err(from_sqlx)?
@@ -1388,11 +1395,15 @@ macro_rules! impl_store {
                     .await
                     .map_err(from_sqlx)?
                     .rows_affected();
-                sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
-                    .bind(user.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(from_sqlx)?;
+                // Recovery codes stand in for any second factor: keep them while a security key does.
+                sqlx::query(
+                    "DELETE FROM recovery_codes WHERE user_id = $1 AND NOT EXISTS \
+                     (SELECT 1 FROM webauthn_credentials w WHERE w.user_id = $1 AND w.kind = 'security_key')",
+                )
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
                 if done > 0 {
                     insert_audit(&mut tx, e).await?;
                 }
@@ -1575,13 +1586,14 @@ macro_rules! impl_store {
                 Ok(row.map(PendingSignIn::from))
             }
 
-            async fn delete_pending_signin(&self, digest: &str) -> Result<(), StoreError> {
-                sqlx::query("DELETE FROM pending_signins WHERE id_digest = $1")
+            async fn delete_pending_signin(&self, digest: &str) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM pending_signins WHERE id_digest = $1")
                     .bind(digest)
                     .execute(&self.pool)
                     .await
-                    .map_err(from_sqlx)?;
-                Ok(())
+                    .map_err(from_sqlx)?
+                    .rows_affected();
+                Ok(done == 1)
             }
 
             async fn append_audit(&self, e: &NewAuditEvent) -> Result<(), StoreError> {
