@@ -54,6 +54,34 @@ struct KeyRow {
     last_used: String,
 }
 
+/// What a form post on /account acts as.
+pub(crate) enum Gate {
+    /// Any signed-in session.
+    Session,
+    /// A session allowed to change sign-in methods (see `mfa::may_manage_factors`).
+    Factors,
+}
+
+/// The signed-in user behind a form post, after its CSRF check and `gate`; or the response
+/// that sends the browser elsewhere (to sign in, or to confirm its second factor).
+pub(crate) async fn form_user(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientInfo,
+    csrf: &str,
+    gate: Gate,
+) -> Result<Result<SignedIn, Response>, PageError> {
+    let me = match require(state, headers, client).await? {
+        Ok(me) => me,
+        Err(redirect) => return Ok(Err(redirect)),
+    };
+    check_csrf(state, headers, Some(&me.secret), csrf)?;
+    if matches!(gate, Gate::Factors) && !crate::mfa::may_manage_factors(state, &me).await? {
+        return Ok(Err(Redirect::to("/account/step-up").into_response()));
+    }
+    Ok(Ok(me))
+}
+
 pub(crate) async fn require(
     state: &AppState,
     headers: &HeaderMap,
@@ -164,11 +192,10 @@ pub(crate) async fn end_session_post(
     form: Result<Form<EndForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let me = match require(&state, &headers, &client).await? {
+    let me = match form_user(&state, &headers, &client, &form.csrf, Gate::Session).await? {
         Ok(me) => me,
-        Err(redirect) => return Ok(redirect),
+        Err(response) => return Ok(response),
     };
-    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     let event =
         NewAuditEvent::new(state.clock.now(), AuditKind::SessionEnded).actor(client.actor());
     let ended = state
@@ -194,11 +221,10 @@ pub(crate) async fn end_others_post(
     form: Result<Form<CsrfOnly>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let me = match require(&state, &headers, &client).await? {
+    let me = match form_user(&state, &headers, &client, &form.csrf, Gate::Session).await? {
         Ok(me) => me,
-        Err(redirect) => return Ok(redirect),
+        Err(response) => return Ok(response),
     };
-    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     let event =
         NewAuditEvent::new(state.clock.now(), AuditKind::SessionEnded).actor(client.actor());
     let digest = me.secret.digest();
@@ -230,11 +256,10 @@ pub(crate) async fn password_post(
     form: Result<Form<PasswordForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let me = match require(&state, &headers, &client).await? {
+    let me = match form_user(&state, &headers, &client, &form.csrf, Gate::Session).await? {
         Ok(me) => me,
-        Err(redirect) => return Ok(redirect),
+        Err(response) => return Ok(response),
     };
-    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     let now = state.clock.now();
 
     // The current password is a sign-in secret too: guesses here are throttled like sign-ins.
@@ -360,14 +385,10 @@ pub(crate) async fn key_rename_post(
     form: Result<Form<KeyForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let me = match require(&state, &headers, &client).await? {
+    let me = match form_user(&state, &headers, &client, &form.csrf, Gate::Factors).await? {
         Ok(me) => me,
-        Err(redirect) => return Ok(redirect),
+        Err(response) => return Ok(response),
     };
-    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
-    if !crate::mfa::may_manage_factors(&state, &me).await? {
-        return Ok(Redirect::to("/account/step-up").into_response());
-    }
     let name = form.name.as_deref().unwrap_or_default().trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         let why = "Give the key a name of up to 64 characters.".to_owned();
@@ -397,14 +418,10 @@ pub(crate) async fn key_remove_post(
     form: Result<Form<KeyForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let me = match require(&state, &headers, &client).await? {
+    let me = match form_user(&state, &headers, &client, &form.csrf, Gate::Factors).await? {
         Ok(me) => me,
-        Err(redirect) => return Ok(redirect),
+        Err(response) => return Ok(response),
     };
-    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
-    if !crate::mfa::may_manage_factors(&state, &me).await? {
-        return Ok(Redirect::to("/account/step-up").into_response());
-    }
     // Taking a key away is taking a way in away: the password confirms it is the owner.
     let attempt = throttle::begin(
         &state,

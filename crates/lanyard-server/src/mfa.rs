@@ -22,7 +22,7 @@ use lanyard_core::throttle::AttemptOutcome;
 use lanyard_core::user::User;
 use secrecy::SecretString;
 
-use crate::account::{page, require};
+use crate::account::{Gate, form_user, page, require};
 use crate::session::{SignedIn, secret_from, session_cookie_name, set_cookie};
 use crate::web::{ClientInfo, PageError, check_csrf, form_error, render, safe_return_to};
 use crate::{AppState, throttle};
@@ -168,14 +168,10 @@ pub(crate) async fn totp_post(
     form: Result<Form<CodeForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let me = match require(&state, &headers, &client).await? {
+    let me = match form_user(&state, &headers, &client, &form.csrf, Gate::Factors).await? {
         Ok(me) => me,
-        Err(redirect) => return Ok(redirect),
+        Err(response) => return Ok(response),
     };
-    if !may_manage_factors(&state, &me).await? {
-        return Ok(step_up_first());
-    }
-    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     let Some(factor) = state
         .store
         .totp_factor(&me.user.id)
@@ -248,14 +244,10 @@ pub(crate) async fn totp_remove_post(
     form: Result<Form<RemoveForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let me = match require(&state, &headers, &client).await? {
+    let me = match form_user(&state, &headers, &client, &form.csrf, Gate::Factors).await? {
         Ok(me) => me,
-        Err(redirect) => return Ok(redirect),
+        Err(response) => return Ok(response),
     };
-    if !may_manage_factors(&state, &me).await? {
-        return Ok(step_up_first());
-    }
-    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     let attempt = throttle::begin(
         &state,
         me.user.username.as_str(),
@@ -303,14 +295,10 @@ pub(crate) async fn recovery_codes_post(
     form: Result<Form<CsrfOnly>, FormRejection>,
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(form_error)?;
-    let me = match require(&state, &headers, &client).await? {
+    let me = match form_user(&state, &headers, &client, &form.csrf, Gate::Factors).await? {
         Ok(me) => me,
-        Err(redirect) => return Ok(redirect),
+        Err(response) => return Ok(response),
     };
-    if !may_manage_factors(&state, &me).await? {
-        return Ok(step_up_first());
-    }
-    check_csrf(&state, &headers, Some(&me.secret), &form.csrf)?;
     if !has_second_factor(&state, &me.user).await? {
         return Ok(Redirect::to("/account").into_response());
     }

@@ -131,6 +131,29 @@ async fn take<T: serde::de::DeserializeOwned>(state: &AppState, key: &str) -> Re
 
 // ---- registration, from /account ----
 
+/// The signed-in user behind a key-management request: its CSRF token checked, and a session
+/// allowed to change sign-in methods.
+async fn key_manager(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientInfo,
+) -> Result<crate::session::SignedIn, Response> {
+    let me = match signed_in(state, headers, client).await {
+        Ok(Some(me)) => me,
+        Ok(None) => return Err(fail(StatusCode::UNAUTHORIZED, "sign in first")),
+        Err(e) => return Err(page_error(e)),
+    };
+    check_csrf(state, headers, Some(&me.secret), csrf_header(headers)).map_err(page_error)?;
+    match crate::mfa::may_manage_factors(state, &me).await {
+        Ok(true) => Ok(me),
+        Ok(false) => Err(fail(
+            StatusCode::FORBIDDEN,
+            "confirm your second factor first: reload the page",
+        )),
+        Err(e) => Err(page_error(e)),
+    }
+}
+
 #[derive(Deserialize)]
 pub(crate) struct StartRegistration {
     kind: String,
@@ -142,24 +165,10 @@ pub(crate) async fn register_start(
     client: ClientInfo,
     Json(body): Json<StartRegistration>,
 ) -> Response {
-    let me = match signed_in(&state, &headers, &client).await {
-        Ok(Some(me)) => me,
-        Ok(None) => return fail(StatusCode::UNAUTHORIZED, "sign in first"),
-        Err(e) => return page_error(e),
+    let me = match key_manager(&state, &headers, &client).await {
+        Ok(me) => me,
+        Err(response) => return response,
     };
-    if let Err(e) = check_csrf(&state, &headers, Some(&me.secret), csrf_header(&headers)) {
-        return page_error(e);
-    }
-    match crate::mfa::may_manage_factors(&state, &me).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return fail(
-                StatusCode::FORBIDDEN,
-                "confirm your second factor first: reload the page",
-            );
-        }
-        Err(e) => return page_error(e),
-    }
     let Some(kind) = KeyKind::parse(&body.kind) else {
         return fail(StatusCode::BAD_REQUEST, "unknown kind");
     };
@@ -232,24 +241,10 @@ pub(crate) async fn register_finish(
     client: ClientInfo,
     Json(body): Json<FinishRegistration>,
 ) -> Response {
-    let me = match signed_in(&state, &headers, &client).await {
-        Ok(Some(me)) => me,
-        Ok(None) => return fail(StatusCode::UNAUTHORIZED, "sign in first"),
-        Err(e) => return page_error(e),
+    let me = match key_manager(&state, &headers, &client).await {
+        Ok(me) => me,
+        Err(response) => return response,
     };
-    if let Err(e) = check_csrf(&state, &headers, Some(&me.secret), csrf_header(&headers)) {
-        return page_error(e);
-    }
-    match crate::mfa::may_manage_factors(&state, &me).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return fail(
-                StatusCode::FORBIDDEN,
-                "confirm your second factor first: reload the page",
-            );
-        }
-        Err(e) => return page_error(e),
-    }
     let Some(kind) = KeyKind::parse(&body.kind) else {
         return fail(StatusCode::BAD_REQUEST, "unknown kind");
     };
