@@ -182,6 +182,8 @@ impl TestServer {
         config.password.memory_kib = 64;
         config.password.iterations = 1;
         config.keys.encryption_key_file = Some(db.dir.path().join("lanyard.key"));
+        // Tests send logouts themselves, at moments they choose.
+        config.logout.poll_interval = std::time::Duration::from_secs(24 * 3600);
         configure(&mut config);
         // Starts at the real time, so the `lanyard` binary (on the wall clock) agrees with it.
         let clock = Arc::new(lanyard_core::ManualClock::new(lanyard_core::Clock::now(

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod harness;
 mod http;
+mod logout;
 mod mfa;
 mod oidc;
 mod oidc_attacks;

@@ -31,6 +31,8 @@ pub enum AuditKind {
     KeyRegistered,
     KeyRemoved,
     KeyCounterRegressed,
+    LogoutDelivered,
+    LogoutFailed,
 }
 
 impl AuditKind {
@@ -59,6 +61,8 @@ impl AuditKind {
             Self::KeyRegistered => "webauthn.registered",
             Self::KeyRemoved => "webauthn.removed",
             Self::KeyCounterRegressed => "webauthn.counter_regressed",
+            Self::LogoutDelivered => "logout.delivered",
+            Self::LogoutFailed => "logout.failed",
         }
     }
 }

@@ -340,3 +340,43 @@ mod tests {
         assert!(!a.csrf_matches(""));
     }
 }
+
+/// A back-channel logout waiting to be sent (OpenID Connect Back-Channel Logout 1.0).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LogoutDelivery {
+    pub id: i64,
+    pub client_id: String,
+    pub user_id: String,
+    pub session_id: String,
+    pub uri: String,
+    /// "pending", "delivered" or "failed".
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: UnixTime,
+    pub next_attempt_at: UnixTime,
+    pub finished_at: Option<UnixTime>,
+}
+
+/// What one delivery attempt came to.
+#[derive(Clone, Debug)]
+pub enum DeliveryOutcome {
+    Delivered {
+        at: UnixTime,
+    },
+    Retry {
+        at: UnixTime,
+        next: UnixTime,
+        error: String,
+    },
+    Failed {
+        at: UnixTime,
+        error: String,
+    },
+}
+
+/// How long after a failure to try again: 2^attempts seconds, at most an hour.
+pub fn backoff(attempts: i64) -> std::time::Duration {
+    let secs = 1u64 << attempts.clamp(0, 12);
+    std::time::Duration::from_secs(secs.min(3600))
+}

@@ -12,7 +12,7 @@ use crate::grant::{
     AuthorizationCode, CodeRedemption, RefreshRedemption, RefreshToken, StoredKey, StoredRefresh,
 };
 use crate::mfa::{PendingSignIn, TotpFactor, WebauthnCredential};
-use crate::session::{EndReason, NewSession, Session};
+use crate::session::{DeliveryOutcome, EndReason, LogoutDelivery, NewSession, Session};
 use crate::throttle::{AttemptOutcome, Failures, Key};
 use crate::user::{NewUser, User, UserId, Username};
 
@@ -311,6 +311,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<PendingSignIn>, StoreError>;
     /// Deletes a pending sign-in; false if it was gone already (so it finishes once).
     async fn delete_pending_signin(&self, digest: &str) -> Result<bool, StoreError>;
+
+    /// Claims up to `limit` due deliveries for this worker: their next attempt moves to
+    /// `lease_until`, so another worker (or instance) does not send them meanwhile.
+    async fn claim_logout_deliveries(
+        &self,
+        now: UnixTime,
+        lease_until: UnixTime,
+        limit: u32,
+    ) -> Result<Vec<LogoutDelivery>, StoreError>;
+    /// Records the outcome of one attempt: delivered, retry at `retry_at`, or failed for good.
+    async fn finish_logout_attempt(
+        &self,
+        id: i64,
+        outcome: DeliveryOutcome,
+        event: Option<&NewAuditEvent>,
+    ) -> Result<(), StoreError>;
+    /// The newest deliveries, newest first.
+    async fn logout_deliveries(&self, limit: u32) -> Result<Vec<LogoutDelivery>, StoreError>;
 
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError>;
     /// The newest `limit` events, newest first, optionally only those about one user.

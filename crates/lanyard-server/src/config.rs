@@ -33,6 +33,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub registration: RegistrationConfig,
     pub mfa: MfaConfig,
+    pub logout: LogoutConfig,
 }
 
 impl Default for Config {
@@ -51,6 +52,7 @@ impl Default for Config {
             tokens: TokensConfig::default(),
             registration: RegistrationConfig::default(),
             mfa: MfaConfig::default(),
+            logout: LogoutConfig::default(),
         }
     }
 }
@@ -151,6 +153,27 @@ pub struct KeysConfig {
     /// Where to read (or create, mode 0600) the encryption key when `encryption_key` is unset.
     /// Default: `lanyard.key` beside the SQLite database, or in the working directory.
     pub encryption_key_file: Option<std::path::PathBuf>,
+}
+
+/// Back-channel logout delivery.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogoutConfig {
+    /// How often the worker looks for logouts to send.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long to keep retrying an app that does not answer before giving up.
+    #[serde(with = "humantime_serde")]
+    pub delivery_deadline: Duration,
+}
+
+impl Default for LogoutConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(5),
+            delivery_deadline: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Second factors.
@@ -374,6 +397,9 @@ impl Config {
             if d < Duration::from_secs(60) {
                 return bad(key, "must be at least a minute");
             }
+        }
+        if self.logout.poll_interval.is_zero() {
+            return bad("logout.poll_interval", "must be more than zero");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &e.to_string());

@@ -11,6 +11,7 @@ mod discovery;
 mod health;
 pub mod keys;
 mod login;
+pub mod logout;
 mod mfa;
 pub mod passwords;
 mod register;

@@ -163,12 +163,14 @@ pub async fn serve(
     let key_refresh = state
         .keys
         .spawn_refresh(state.store.clone(), state.clock.clone());
+    let logout_worker = crate::logout::spawn_worker(state.clone());
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     sweeper.abort();
     key_refresh.abort();
+    logout_worker.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -38,5 +38,6 @@ impl_store!(
     PgStore,
     sqlx::Postgres,
     "postgres",
-    lock_user: "SELECT id FROM users WHERE id = $1 FOR UPDATE"
+    lock_user: "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+    skip_locked: "FOR UPDATE SKIP LOCKED"
 );

@@ -7,7 +7,7 @@ use lanyard_core::grant::{
     Authentication, AuthorizationCode, RefreshToken, StoredKey, StoredRefresh,
 };
 use lanyard_core::mfa::{KeyKind, PendingSignIn, WebauthnCredential};
-use lanyard_core::session::{EndReason, Session};
+use lanyard_core::session::{EndReason, LogoutDelivery, Session};
 use lanyard_core::user::{DisplayName, Email, User, UserId, Username};
 use lanyard_core::{StoreError, UnixTime};
 
@@ -343,6 +343,46 @@ impl TryFrom<WebauthnRow> for WebauthnCredential {
     }
 }
 
+macro_rules! delivery_columns {
+    () => {
+        "id, client_id, user_id, session_id, uri, state, attempts, last_error, created_at, \
+         next_attempt_at, finished_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeliveryRow {
+    id: i64,
+    client_id: String,
+    user_id: String,
+    session_id: String,
+    uri: String,
+    state: String,
+    attempts: i64,
+    last_error: Option<String>,
+    created_at: i64,
+    next_attempt_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl From<DeliveryRow> for LogoutDelivery {
+    fn from(r: DeliveryRow) -> Self {
+        LogoutDelivery {
+            id: r.id,
+            client_id: r.client_id,
+            user_id: r.user_id,
+            session_id: r.session_id,
+            uri: r.uri,
+            state: r.state,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            created_at: UnixTime::from_secs(r.created_at),
+            next_attempt_at: UnixTime::from_secs(r.next_attempt_at),
+            finished_at: r.finished_at.map(UnixTime::from_secs),
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct AuditRow {
     id: i64,
@@ -380,11 +420,11 @@ pub(crate) fn join<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Implements `lanyard_core::Store` for a struct with a `pool: sqlx::Pool<$db>` field.
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $backend:literal, lock_user: $lock_user:literal) => {
+    ($store:ty, $db:ty, $backend:literal, lock_user: $lock_user:literal, skip_locked: $skip_locked:literal) => {
         use lanyard_core::UnixTime;
         use lanyard_core::audit::{AuditEvent, NewAuditEvent};
         use lanyard_core::client::{Client, ClientId};
-        use lanyard_core::session::{EndReason, NewSession, Session};
+        use lanyard_core::session::{DeliveryOutcome, EndReason, LogoutDelivery, NewSession, Session};
         use lanyard_core::throttle::{AttemptOutcome, Failures, Key};
         use lanyard_core::user::{NewUser, User, UserId, Username};
 
@@ -398,7 +438,7 @@ macro_rules! impl_store {
 
         use crate::shared::{
             AuditRow, ClientRow, CodeRow, EndedRow, KeyRow, PendingRow, RefreshRow, RefreshStateRow,
-            SessionRow, UserRow, WebauthnRow,
+            DeliveryRow, SessionRow, UserRow, WebauthnRow,
             ended_event, join,
         };
 
@@ -411,7 +451,35 @@ macro_rules! impl_store {
         ) -> Result<(), StoreError> {
             for row in rows {
                 insert_audit(&mut *conn, &ended_event(template, row, reason)).await?;
+                enqueue_logouts(&mut *conn, row, template.at).await?;
             }
+            Ok(())
+        }
+
+        /// Writes a back-channel logout for each app that took part in the ended session, in
+        /// the transaction that ended it, and forgets the session's apps.
+        async fn enqueue_logouts(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            row: &EndedRow,
+            at: UnixTime,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO logout_outbox (client_id, user_id, session_id, uri, created_at, next_attempt_at) \
+                 SELECT c.id, $2, $1, c.backchannel_logout_uri, $3, $3 FROM session_clients sc \
+                 JOIN clients c ON c.id = sc.client_id \
+                 WHERE sc.session_id = $1 AND c.backchannel_logout_uri IS NOT NULL",
+            )
+            .bind(row.public_id.as_str())
+            .bind(row.user_id.as_str())
+            .bind(at.as_secs())
+            .execute(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+            sqlx::query("DELETE FROM session_clients WHERE session_id = $1")
+                .bind(row.public_id.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(from_sqlx)?;
             Ok(())
         }
 
@@ -880,6 +948,7 @@ macro_rules! impl_store {
                         EndReason::IdleTimeout
                     };
                     insert_audit(&mut tx, &ended_event(&template, row, reason)).await?;
+                    enqueue_logouts(&mut tx, row, now).await?;
                 }
                 tx.commit().await.map_err(from_sqlx)?;
                 Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
@@ -1594,6 +1663,73 @@ macro_rules! impl_store {
                     .map_err(from_sqlx)?
                     .rows_affected();
                 Ok(done == 1)
+            }
+
+            async fn claim_logout_deliveries(
+                &self,
+                now: UnixTime,
+                lease_until: UnixTime,
+                limit: u32,
+            ) -> Result<Vec<LogoutDelivery>, StoreError> {
+                let rows = sqlx::query_as::<_, DeliveryRow>(concat!(
+                    "UPDATE logout_outbox SET next_attempt_at = $2, attempts = attempts + 1 \
+                     WHERE next_attempt_at <= $1 AND id IN (SELECT id FROM logout_outbox \
+                     WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $3 ",
+                    $skip_locked,
+                    ") RETURNING ",
+                    delivery_columns!()
+                ))
+                .bind(now.as_secs())
+                .bind(lease_until.as_secs())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(rows.into_iter().map(LogoutDelivery::from).collect())
+            }
+
+            async fn finish_logout_attempt(
+                &self,
+                id: i64,
+                outcome: DeliveryOutcome,
+                event: Option<&NewAuditEvent>,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let q = match &outcome {
+                    DeliveryOutcome::Delivered { at } => sqlx::query(
+                        "UPDATE logout_outbox SET state = 'delivered', finished_at = $2, last_error = NULL WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(at.as_secs()),
+                    DeliveryOutcome::Retry { next, error, .. } => sqlx::query(
+                        "UPDATE logout_outbox SET next_attempt_at = $2, last_error = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(next.as_secs())
+                    .bind(error.as_str()),
+                    DeliveryOutcome::Failed { at, error } => sqlx::query(
+                        "UPDATE logout_outbox SET state = 'failed', finished_at = $2, last_error = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(at.as_secs())
+                    .bind(error.as_str()),
+                };
+                q.execute(&mut *tx).await.map_err(from_sqlx)?;
+                if let Some(e) = event {
+                    insert_audit(&mut tx, e).await?;
+                }
+                tx.commit().await.map_err(from_sqlx)
+            }
+
+            async fn logout_deliveries(&self, limit: u32) -> Result<Vec<LogoutDelivery>, StoreError> {
+                let rows = sqlx::query_as::<_, DeliveryRow>(concat!(
+                    "SELECT ", delivery_columns!(), " FROM logout_outbox ORDER BY id DESC LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(rows.into_iter().map(LogoutDelivery::from).collect())
             }
 
             async fn append_audit(&self, e: &NewAuditEvent) -> Result<(), StoreError> {

@@ -45,5 +45,6 @@ impl_store!(
     SqliteStore,
     sqlx::Sqlite,
     "sqlite",
-    lock_user: "SELECT id FROM users WHERE id = $1"
+    lock_user: "SELECT id FROM users WHERE id = $1",
+    skip_locked: ""
 );

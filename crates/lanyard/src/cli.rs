@@ -12,7 +12,7 @@ use lanyard_server::{AppState, Config};
 use lanyard_store::DbOptions;
 use secrecy::SecretString;
 
-use crate::{audit, client, keys, session, user};
+use crate::{audit, client, keys, logout, session, user};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,9 @@ enum Command {
     /// List and rotate signing keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Back-channel logout deliveries.
+    #[command(subcommand)]
+    Logout(logout::LogoutCommand),
     /// List and end sessions.
     #[command(subcommand)]
     Session(session::SessionCommand),
@@ -86,6 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::User(cmd) => user::run(&Ctx::open(config).await?, cmd).await,
         Command::Client(cmd) => client::run(&Ctx::open(config).await?, cmd).await,
         Command::Keys(cmd) => keys::run(&Ctx::open(config).await?, cmd).await,
+        Command::Logout(cmd) => logout::run(&Ctx::open(config).await?, cmd).await,
         Command::Session(cmd) => session::run(&Ctx::open(config).await?, cmd).await,
         Command::Audit(a) => audit::run(&Ctx::open(config).await?, a).await,
     }

@@ -9,6 +9,7 @@ mod audit;
 mod cli;
 mod client;
 mod keys;
+mod logout;
 mod session;
 mod user;
 
