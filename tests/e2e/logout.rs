@@ -238,3 +238,169 @@ async fn every_way_a_session_ends_queues_a_logout() {
     bob.post("/logout", &[("csrf", &csrf)]).await;
     assert_eq!(queued().await, 3);
 }
+
+/// An app registered with a post-logout redirect, and a browser signed in to it; returns the
+/// browser, the client ID and the ID token the app received.
+async fn app_with_id_token(server: &TestServer, after: &str) -> (Browser, String, String) {
+    let reg = ClientRegistration {
+        name: format!("Notes {}", lanyard_core::secret::random_id(4).unwrap()),
+        redirect_uris: vec!["http://localhost:9999/cb".into()],
+        post_logout_redirect_uris: vec![after.into()],
+        skip_consent: true,
+        ..Default::default()
+    };
+    let (id, secret) = register_client(&server.store, reg).await;
+    let mut b = Browser::new(server);
+    assert_eq!(b.sign_in("ada", PW).await.status, 303);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("response_type", "code"),
+        ("client_id", id.as_str()),
+        ("redirect_uri", "http://localhost:9999/cb"),
+        ("scope", "openid"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ] {
+        q.append_pair(k, v);
+    }
+    let back = b
+        .authorize(
+            &format!("{}/authorize?{}", server.base, q.finish()),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", server.base))
+        .basic_auth(&id, secret.as_deref())
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "http://localhost:9999/cb"),
+            ("code_verifier", verifier.secret()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let t: serde_json::Value = r.json().await.unwrap();
+    (b, id, t["id_token"].as_str().unwrap().to_owned())
+}
+
+fn end_session_url(server: &TestServer, params: &[(&str, &str)]) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        q.append_pair(k, v);
+    }
+    format!("{}/end_session?{}", server.base, q.finish())
+}
+
+#[tokio::test]
+async fn rp_initiated_logout_with_a_hint_signs_out_and_returns_to_the_app() {
+    let db = TestDb::new().await;
+    // Sessions that outlive the one-hour ID token, to show an expired hint still works.
+    let server = TestServer::start_on_localhost_with(&db, |c| {
+        c.session.idle_timeout = std::time::Duration::from_secs(4 * 3600);
+    })
+    .await;
+    server.add_user("ada", PW).await;
+    let after = "http://localhost:9999/signed-out";
+    let (mut b, _id, id_token) = app_with_id_token(&server, after).await;
+    // Expired hints are fine.
+    server.advance(2 * 3600);
+    b.get("/account").await;
+    let url = end_session_url(
+        &server,
+        &[
+            ("id_token_hint", &id_token),
+            ("post_logout_redirect_uri", after),
+            ("state", "s-1"),
+        ],
+    );
+    let r = b.open(&url).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.location(),
+        Some("http://localhost:9999/signed-out?state=s-1")
+    );
+    assert!(b.session_cookie().is_none());
+    assert!(
+        server.sessions(None).await.unwrap().is_empty(),
+        "the session ended"
+    );
+    let meta: serde_json::Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        meta["end_session_endpoint"],
+        format!("{}/end_session", server.base)
+    );
+}
+
+#[tokio::test]
+async fn without_a_hint_the_user_confirms_and_bad_requests_get_a_page() {
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost(&db).await;
+    server.add_user("ada", PW).await;
+    let after = "http://localhost:9999/signed-out";
+    let (mut b, id, _) = app_with_id_token(&server, after).await;
+
+    let r = b
+        .open(&end_session_url(
+            &server,
+            &[("id_token_hint", "not.a.token")],
+        ))
+        .await;
+    assert_eq!(r.status, 400, "a malformed hint gets a page");
+    assert!(r.location().is_none());
+
+    let url = end_session_url(
+        &server,
+        &[
+            ("client_id", &id),
+            ("post_logout_redirect_uri", "http://evil.example/"),
+            ("state", "x"),
+        ],
+    );
+    let page = b.open(&url).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(">Sign out</button>"), "asks first");
+    assert_eq!(
+        server.sessions(None).await.unwrap().len(),
+        1,
+        "nothing ended yet"
+    );
+    let mut form = crate::harness::hidden_fields(&page.body);
+    let pairs: Vec<(&str, &str)> = form
+        .iter()
+        .filter(|(k, _)| k != "csrf")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut forged = pairs.clone();
+    forged.push(("csrf", "forged"));
+    assert_eq!(b.post("/end_session/confirm", &forged).await.status, 403);
+    form.retain(|_| true);
+    let all: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let done = b.post("/end_session/confirm", &all).await;
+    assert_eq!(
+        done.status, 200,
+        "an unregistered post-logout URI gets a page, not a redirect"
+    );
+    assert!(
+        done.body.contains("You are signed out") && done.body.contains("Notes "),
+        "{}",
+        done.body
+    );
+    assert!(server.sessions(None).await.unwrap().is_empty());
+}

@@ -8,6 +8,7 @@ mod authorize;
 mod client_auth;
 pub mod config;
 mod discovery;
+mod end_session;
 mod health;
 pub mod keys;
 mod login;

@@ -136,6 +136,14 @@ pub fn router(state: AppState) -> Router {
         .route("/introspect", post(introspect_post))
         .route("/revoke", post(revoke_post))
         .route("/register", post(register_post))
+        .route(
+            "/end_session",
+            get(crate::end_session::end_session_get).post(crate::end_session::end_session_post),
+        )
+        .route(
+            "/end_session/confirm",
+            post(crate::end_session::confirm_post),
+        )
         .layer(middleware)
         // Outermost, so early answers (413, 408) carry the headers too.
         .layer(axum::middleware::from_fn_with_state(
