@@ -22,8 +22,15 @@ struct Setup {
 }
 
 async fn setup(skip_consent: bool) -> Setup {
+    setup_with(skip_consent, |_| {}).await
+}
+
+async fn setup_with(
+    skip_consent: bool,
+    configure: impl FnOnce(&mut lanyard_server::Config),
+) -> Setup {
     let db = TestDb::new().await;
-    let server = TestServer::start_on_localhost(&db).await;
+    let server = TestServer::start_on_localhost_with(&db, configure).await;
     server.add_user("ada", PW).await;
     let reg = ClientRegistration {
         name: "Wiki".into(),
@@ -1011,6 +1018,51 @@ async fn offline_access_outlives_the_session_and_narrowing_keeps_the_grant() {
     );
     let (_, r3) = refresh(&s, r2["refresh_token"].as_str().unwrap(), Some("bogus")).await;
     assert_eq!(r3["error"], "invalid_scope");
+}
+
+#[tokio::test]
+async fn a_password_change_ends_offline_access_too() {
+    let mut s = setup(true).await;
+    let t = signed_in_tokens(&mut s, "openid email offline_access").await;
+    let (_, r1) = refresh(&s, t["refresh_token"].as_str().unwrap(), None).await;
+    let access = r1["access_token"].as_str().unwrap().to_owned();
+    let csrf = s.browser.get("/account").await.csrf();
+    let changed = s
+        .browser
+        .post(
+            "/account/password",
+            &[
+                ("csrf", &csrf),
+                ("current", PW),
+                ("new", "a brand new passphrase"),
+            ],
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+
+    let refresh_token = r1["refresh_token"].as_str().unwrap();
+    assert_eq!(introspect(&s, refresh_token).await["active"], false);
+    assert_eq!(introspect(&s, &access).await["active"], false);
+    assert_eq!(userinfo_status(&s, &access).await, 401);
+    let (status, r2) = refresh(&s, refresh_token, None).await;
+    assert_eq!((status, r2["error"].as_str()), (400, Some("invalid_grant")));
+}
+
+#[tokio::test]
+async fn offline_access_can_be_set_to_end_with_the_session() {
+    let mut s = setup_with(true, |c| {
+        c.tokens.offline_access = lanyard_server::config::OfflineAccess::EndWithSession;
+    })
+    .await;
+    let t = signed_in_tokens(&mut s, "openid email offline_access").await;
+    let refresh_token = t["refresh_token"].as_str().unwrap();
+    assert_eq!(introspect(&s, refresh_token).await["active"], true);
+    let csrf = s.browser.get("/account").await.csrf();
+    s.browser.post("/logout", &[("csrf", &csrf)]).await;
+
+    assert_eq!(introspect(&s, refresh_token).await["active"], false);
+    let (status, r) = refresh(&s, refresh_token, None).await;
+    assert_eq!((status, r["error"].as_str()), (400, Some("invalid_grant")));
 }
 
 #[tokio::test]

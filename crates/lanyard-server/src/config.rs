@@ -214,6 +214,27 @@ pub struct TokensConfig {
     pub refresh_token_lifetime: Duration,
     /// Require PKCE (S256) from confidential clients too, not only public ones.
     pub require_pkce: bool,
+    /// Whether `offline_access` refresh tokens outlive the session they were issued under.
+    pub offline_access: OfflineAccess,
+}
+
+/// What becomes of `offline_access` refresh tokens when their session ends. Either way a
+/// password change or disabling the user revokes them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OfflineAccess {
+    /// They live on until they expire or are revoked: the app keeps access while the user is away.
+    #[default]
+    OutliveSession,
+    /// They end with the session, like every other token.
+    EndWithSession,
+}
+
+impl TokensConfig {
+    /// Whether `token` may still be used although its session has ended.
+    pub fn outlives_session(&self, token: &lanyard_core::grant::RefreshToken) -> bool {
+        self.offline_access == OfflineAccess::OutliveSession && token.is_offline()
+    }
 }
 
 impl Default for TokensConfig {
@@ -223,6 +244,7 @@ impl Default for TokensConfig {
             access_token_lifetime: Duration::from_secs(600),
             refresh_token_lifetime: Duration::from_secs(30 * 24 * 3600),
             require_pkce: true,
+            offline_access: OfflineAccess::OutliveSession,
         }
     }
 }

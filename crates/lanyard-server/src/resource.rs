@@ -161,7 +161,7 @@ async fn active_refresh(
     if found.used || found.revoked || t.client_id != *client || state.clock.now() >= t.expires_at {
         return Ok(None);
     }
-    if !t.is_offline() {
+    if !state.config.tokens.outlives_session(&t) {
         let alive = match &t.session_id {
             Some(sid) => live_session(state, sid).await?.is_some(),
             None => false,

@@ -4,7 +4,8 @@
 //!
 //! Invariants: a code works once; its replay revokes what it produced. A refresh token works
 //! once; its reuse revokes its family. A session's tokens stop working when it ends, except
-//! `offline_access` refresh tokens, which live on until they expire or are revoked.
+//! `offline_access` refresh tokens, which by default (`tokens.offline_access`) live on until they
+//! expire or are revoked.
 
 use std::collections::HashMap;
 
@@ -239,8 +240,8 @@ async fn refresh_grant(
         Some(sid) => live_session(state, sid).await?,
         None => None,
     };
-    // offline_access tokens outlive their session; their new tokens then carry no `sid`.
-    if session.is_none() && !token.is_offline() {
+    // offline_access tokens may outlive their session; their new tokens then carry no `sid`.
+    if session.is_none() && !state.config.tokens.outlives_session(&token) {
         return refuse(err(
             ErrorCode::InvalidGrant,
             "the sign-in behind this token has ended",

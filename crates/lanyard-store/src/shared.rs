@@ -458,6 +458,28 @@ macro_rules! impl_store {
 
         /// Writes a back-channel logout for each app that took part in the ended session, in
         /// the transaction that ended it, and forgets the session's apps.
+        /// Revokes the families of a user's `offline_access` refresh tokens (and so the access
+        /// tokens minted from them): the grants that outlive sessions end with a password change
+        /// or a disabled account. The scope list is closed, so the pattern matches one scope.
+        async fn revoke_offline_tokens(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            user: &UserId,
+            at: UnixTime,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO refresh_family_revocations (family_id, revoked_at) \
+                 SELECT DISTINCT family_id, $2 FROM refresh_tokens \
+                 WHERE user_id = $1 AND scope LIKE '%offline_access%' \
+                 ON CONFLICT (family_id) DO NOTHING",
+            )
+            .bind(user.as_str())
+            .bind(at.as_secs())
+            .execute(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+            Ok(())
+        }
+
         async fn enqueue_logouts(
             conn: &mut <$db as sqlx::Database>::Connection,
             row: &EndedRow,
@@ -616,6 +638,7 @@ macro_rules! impl_store {
                 .await
                 .map_err(from_sqlx)?;
                 audit_ended(&mut tx, &ended, EndReason::UserDisabled, e).await?;
+                revoke_offline_tokens(&mut tx, id, e.at).await?;
                 tx.commit().await.map_err(from_sqlx)?;
                 Ok(true)
             }
@@ -651,6 +674,7 @@ macro_rules! impl_store {
                 .await
                 .map_err(from_sqlx)?;
                 audit_ended(&mut tx, &ended, EndReason::PasswordChanged, e).await?;
+                revoke_offline_tokens(&mut tx, id, e.at).await?;
                 tx.commit().await.map_err(from_sqlx)?;
                 Ok(true)
             }
