@@ -241,11 +241,16 @@ async fn every_way_a_session_ends_queues_a_logout() {
 
 /// An app registered with a post-logout redirect, and a browser signed in to it; returns the
 /// browser, the client ID and the ID token the app received.
-async fn app_with_id_token(server: &TestServer, after: &str) -> (Browser, String, String) {
+async fn app_with_id_token(
+    server: &TestServer,
+    after: &str,
+    frontchannel: Option<&str>,
+) -> (Browser, String, String) {
     let reg = ClientRegistration {
         name: format!("Notes {}", lanyard_core::secret::random_id(4).unwrap()),
         redirect_uris: vec!["http://localhost:9999/cb".into()],
         post_logout_redirect_uris: vec![after.into()],
+        frontchannel_logout_uri: frontchannel.map(str::to_owned),
         skip_consent: true,
         ..Default::default()
     };
@@ -312,7 +317,7 @@ async fn rp_initiated_logout_with_a_hint_signs_out_and_returns_to_the_app() {
     .await;
     server.add_user("ada", PW).await;
     let after = "http://localhost:9999/signed-out";
-    let (mut b, _id, id_token) = app_with_id_token(&server, after).await;
+    let (mut b, _id, id_token) = app_with_id_token(&server, after, None).await;
     // Expired hints are fine.
     server.advance(2 * 3600);
     b.get("/account").await;
@@ -354,7 +359,7 @@ async fn without_a_hint_the_user_confirms_and_bad_requests_get_a_page() {
     let server = TestServer::start_on_localhost(&db).await;
     server.add_user("ada", PW).await;
     let after = "http://localhost:9999/signed-out";
-    let (mut b, id, _) = app_with_id_token(&server, after).await;
+    let (mut b, id, _) = app_with_id_token(&server, after, None).await;
 
     let r = b
         .open(&end_session_url(
@@ -403,4 +408,75 @@ async fn without_a_hint_the_user_confirms_and_bad_requests_get_a_page() {
         done.body
     );
     assert!(server.sessions(None).await.unwrap().is_empty());
+}
+
+fn csp(page: &crate::harness::Page) -> &str {
+    page.headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn front_channel_apps_are_framed_on_the_signed_out_page() {
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost(&db).await;
+    server.add_user("ada", PW).await;
+    let after = "http://localhost:9999/signed-out";
+    let frontchannel = "http://localhost:9998/fc?app=notes";
+    let (mut b, _id, id_token) = app_with_id_token(&server, after, Some(frontchannel)).await;
+    let sid = sid_of(&server, &b).await;
+    assert!(
+        !csp(&b.get("/account").await).contains("frame-src"),
+        "other pages frame nothing"
+    );
+
+    let url = end_session_url(
+        &server,
+        &[
+            ("id_token_hint", &id_token),
+            ("post_logout_redirect_uri", after),
+            ("state", "s-2"),
+        ],
+    );
+    let r = b.open(&url).await;
+    assert_eq!(
+        r.status, 200,
+        "a page to load the frames in, not a redirect"
+    );
+    let mut expected = url::Url::parse(frontchannel).unwrap();
+    expected
+        .query_pairs_mut()
+        .append_pair("iss", &server.base)
+        .append_pair("sid", &sid);
+    let body = crate::harness::unescape(&r.body);
+    assert!(
+        body.contains(&format!(
+            "<iframe class=\"logout-frame\" src=\"{expected}\""
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("third-party cookies"),
+        "says it is best-effort"
+    );
+    assert!(
+        body.contains(&format!("content=\"3;url={after}?state=s-2\"")),
+        "then moves on to the registered URI: {body}"
+    );
+    assert!(
+        csp(&r).ends_with("; frame-src http://localhost:9998"),
+        "{}",
+        csp(&r)
+    );
+    assert!(server.sessions(None).await.unwrap().is_empty());
+
+    // Lanyard's own sign-out frames them too, instead of going straight back to /login.
+    let (mut b, _, _) = app_with_id_token(&server, after, Some(frontchannel)).await;
+    let sid = sid_of(&server, &b).await;
+    let csrf = b.get("/account").await.csrf();
+    let r = b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 200);
+    assert!(crate::harness::unescape(&r.body).contains(&format!("sid={sid}")));
+    assert!(r.body.contains("Sign in again"));
 }

@@ -362,6 +362,28 @@ async fn dynamic_registration_needs_the_token_and_registers_a_working_client() {
         (400, Some("invalid_client_metadata"))
     );
 
+    let logout_app = serde_json::json!({
+        "redirect_uris": [REDIRECT],
+        "backchannel_logout_uri": "http://localhost:9999/bc",
+        "backchannel_logout_session_required": false,
+        "frontchannel_logout_uri": "http://localhost:9999/fc",
+    });
+    let (status, body) = register(Some(iat), logout_app).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (
+            &body["backchannel_logout_uri"],
+            &body["backchannel_logout_session_required"],
+            &body["frontchannel_logout_session_required"],
+        ),
+        (
+            &"http://localhost:9999/bc".into(),
+            &true.into(),
+            &true.into()
+        ),
+        "sid is always sent, so the registered value says so"
+    );
+
     let (status, body) = register(Some(iat), good).await;
     assert_eq!(status, 201, "{body}");
     let id = body["client_id"].as_str().unwrap().to_owned();

@@ -21,6 +21,8 @@ pub(crate) async fn discovery_get(State(state): State<AppState>) -> impl IntoRes
         "end_session_endpoint": format!("{issuer}/end_session"),
         "backchannel_logout_supported": true,
         "backchannel_logout_session_supported": true,
+        "frontchannel_logout_supported": true,
+        "frontchannel_logout_session_supported": true,
         "scopes_supported": lanyard_core::oauth::SCOPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

@@ -4,20 +4,22 @@
 //! with an `id_token_hint` this issuer signed (expired ones are fine, §2) for the user signed in
 //! here; otherwise the user confirms with a CSRF-protected "Sign out" button. The browser is
 //! sent to `post_logout_redirect_uri` only if it is one the client registered, compared as a
-//! string; otherwise it sees a page. Ending the session writes its back-channel logouts.
+//! string; otherwise it sees a page. Ending the session writes its back-channel logouts; the
+//! page that follows loads each app's front-channel logout URI in an iframe, and its CSP allows
+//! frames from exactly those origins.
 
 use std::collections::HashMap;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::audit::{AuditKind, NewAuditEvent};
 use lanyard_core::client::{Client, ClientId};
 use lanyard_core::session::EndReason;
 
 use crate::AppState;
-use crate::session::{SignedIn, session_cookie_name, set_cookie, signed_in};
-use crate::web::{ClientInfo, PageError, check_csrf, render};
+use crate::session::{session_cookie_name, set_cookie, signed_in};
+use crate::web::{CSP, ClientInfo, PageError, check_csrf, render};
 
 #[derive(askama::Template)]
 #[template(path = "logout/confirm.html")]
@@ -31,7 +33,16 @@ struct ConfirmView {
 #[derive(askama::Template)]
 #[template(path = "logout/done.html")]
 struct DoneView {
-    apps: Vec<String>,
+    apps: Vec<SignedOutApp>,
+    has_frames: bool,
+    continue_to: Option<String>,
+}
+
+/// An app that shared an ended session, and the Front-Channel Logout page to load for it.
+pub(crate) struct SignedOutApp {
+    name: String,
+    /// `frontchannel_logout_uri` with `iss` and `sid` (Front-Channel Logout 1.0 §2).
+    frame: Option<url::Url>,
 }
 
 fn parse(raw: &[u8]) -> Result<HashMap<String, String>, PageError> {
@@ -151,35 +162,82 @@ async fn end_session(
         };
         return Ok(render(StatusCode::OK, &view));
     }
-    let apps = end(state, &me, info).await?;
+    let apps = sign_out(state, &me.secret.digest(), info).await?;
     let mut response = finish(&params, req.client.as_ref(), apps).await?;
     set_cookie(state, &mut response, session_cookie_name(state), None);
     Ok(response)
 }
 
-/// Ends the session; returns the names of the apps that shared it.
-async fn end(state: &AppState, me: &SignedIn, info: &ClientInfo) -> Result<Vec<String>, PageError> {
-    let mut names = Vec::new();
-    for id in state.store.session_clients(&me.session.public_id).await? {
-        if let Some(c) = state.store.client_by_id(&id).await? {
-            names.push(c.name);
+/// Ends the session whose secret has this digest; returns the apps that shared it.
+pub(crate) async fn sign_out(
+    state: &AppState,
+    digest: &str,
+    info: &ClientInfo,
+) -> Result<Vec<SignedOutApp>, PageError> {
+    let mut apps = Vec::new();
+    if let Some(session) = state.store.session_by_digest(digest).await? {
+        for id in state.store.session_clients(&session.public_id).await? {
+            if let Some(c) = state.store.client_by_id(&id).await? {
+                let frame = c
+                    .frontchannel_logout_uri
+                    .as_deref()
+                    .and_then(|u| url::Url::parse(u).ok())
+                    .map(|mut u| {
+                        u.query_pairs_mut()
+                            .append_pair("iss", state.config.issuer.as_str())
+                            .append_pair("sid", &session.public_id);
+                        u
+                    });
+                apps.push(SignedOutApp {
+                    name: c.name,
+                    frame,
+                });
+            }
         }
     }
     let event = NewAuditEvent::new(state.clock.now(), AuditKind::SessionEnded).actor(info.actor());
     state
         .store
-        .end_session(&me.secret.digest(), EndReason::SignedOut, &event)
+        .end_session(digest, EndReason::SignedOut, &event)
         .await?;
-    Ok(names)
+    Ok(apps)
+}
+
+pub(crate) fn any_frames(apps: &[SignedOutApp]) -> bool {
+    apps.iter().any(|a| a.frame.is_some())
+}
+
+/// The signed-out page. With front-channel frames its CSP lets exactly their origins load.
+pub(crate) fn signed_out_page(apps: Vec<SignedOutApp>, continue_to: Option<String>) -> Response {
+    let origins: Vec<String> = apps
+        .iter()
+        .filter_map(|a| a.frame.as_ref())
+        .map(|u| u.origin().ascii_serialization())
+        .collect();
+    let view = DoneView {
+        apps,
+        has_frames: !origins.is_empty(),
+        continue_to,
+    };
+    let mut response = render(StatusCode::OK, &view);
+    if !origins.is_empty()
+        && let Ok(csp) = HeaderValue::from_str(&format!("{CSP}; frame-src {}", origins.join(" ")))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    response
 }
 
 /// Back to the app if it named a registered place to go, else a page saying what happened.
 async fn finish(
     params: &HashMap<String, String>,
     client: Option<&Client>,
-    apps: Vec<String>,
+    apps: Vec<SignedOutApp>,
 ) -> Result<Response, PageError> {
     let target = params.get("post_logout_redirect_uri");
+    let mut next = None;
     if let (Some(uri), Some(c)) = (target, client)
         && c.post_logout_redirect_uris.iter().any(|r| r == uri)
         && let Ok(mut url) = url::Url::parse(uri)
@@ -187,7 +245,11 @@ async fn finish(
         if let Some(s) = params.get("state") {
             url.query_pairs_mut().append_pair("state", s);
         }
-        return Ok(Redirect::to(url.as_str()).into_response());
+        // Front-channel frames need a page to load in; it moves on by itself.
+        if !any_frames(&apps) {
+            return Ok(Redirect::to(url.as_str()).into_response());
+        }
+        next = Some(url.to_string());
     }
-    Ok(render(StatusCode::OK, &DoneView { apps }))
+    Ok(signed_out_page(apps, next))
 }

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use lanyard_core::audit::{AuditKind, NewAuditEvent};
 use lanyard_core::password::Verified;
-use lanyard_core::session::{EndReason, SessionSecret};
+use lanyard_core::session::SessionSecret;
 use lanyard_core::throttle::AttemptOutcome;
 use lanyard_core::user::Username;
 use secrecy::SecretString;
@@ -200,15 +200,16 @@ pub(crate) async fn logout_post(
     let Form(form) = form.map_err(form_error)?;
     let secret = secret_from(&headers, session_cookie_name(&state));
     check_csrf(&state, &headers, secret.as_ref(), &form.csrf)?;
-    if let Some(secret) = secret {
-        let event =
-            NewAuditEvent::new(state.clock.now(), AuditKind::SessionEnded).actor(client.actor());
-        state
-            .store
-            .end_session(&secret.digest(), EndReason::SignedOut, &event)
-            .await?;
-    }
-    let mut response = Redirect::to("/login").into_response();
+    let apps = match secret {
+        Some(secret) => crate::end_session::sign_out(&state, &secret.digest(), &client).await?,
+        None => Vec::new(),
+    };
+    // Apps told through the browser need the signed-out page to load them.
+    let mut response = if crate::end_session::any_frames(&apps) {
+        crate::end_session::signed_out_page(apps, None)
+    } else {
+        Redirect::to("/login").into_response()
+    };
     set_cookie(&state, &mut response, session_cookie_name(&state), None);
     Ok(response)
 }

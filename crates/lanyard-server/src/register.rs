@@ -32,6 +32,11 @@ struct Metadata {
     post_logout_redirect_uris: Vec<String>,
     backchannel_logout_uri: Option<String>,
     frontchannel_logout_uri: Option<String>,
+    /// Accepted either way: every logout Lanyard sends carries `sid`.
+    #[serde(rename = "backchannel_logout_session_required")]
+    _backchannel_session_required: Option<bool>,
+    #[serde(rename = "frontchannel_logout_session_required")]
+    _frontchannel_session_required: Option<bool>,
 }
 
 fn error(status: StatusCode, code: &str, description: &str) -> Response {
@@ -183,11 +188,15 @@ async fn register(state: &AppState, meta: Metadata) -> Result<Response, Response
         body["client_secret"] = secret.expose_secret().into();
         body["client_secret_expires_at"] = 0.into();
     }
+    // Lanyard always sends `sid` (and `iss` to front-channel URIs), so whatever the request
+    // said, the registered value is `true` (RFC 7591 §3.2.1 lets the server replace values).
     if let Some(u) = &c.backchannel_logout_uri {
         body["backchannel_logout_uri"] = u.as_str().into();
+        body["backchannel_logout_session_required"] = true.into();
     }
     if let Some(u) = &c.frontchannel_logout_uri {
         body["frontchannel_logout_uri"] = u.as_str().into();
+        body["frontchannel_logout_session_required"] = true.into();
     }
     Ok((
         StatusCode::CREATED,
