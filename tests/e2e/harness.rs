@@ -134,6 +134,17 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// Lanyard in this process on a random port, with a clock the test moves.
+/// Binds a port that a stopping server may still hold for a moment.
+pub async fn bind_again(port: u16) -> tokio::net::TcpListener {
+    for _ in 0..200 {
+        if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return l;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("port {port} stayed busy");
+}
+
 pub struct TestServer {
     pub base: String,
     pub clock: Arc<lanyard_core::ManualClock>,
@@ -152,6 +163,21 @@ impl TestServer {
     /// and WebAuthn, which refuses IP addresses).
     pub async fn start_on_localhost(db: &TestDb) -> Self {
         Self::start_on_localhost_with(db, |_| {}).await
+    }
+
+    /// Stops this server and starts a new one on the same database, address and issuer, as a
+    /// restarted process would be (default settings otherwise).
+    pub async fn restart(self, db: &TestDb) -> Self {
+        let base = self.base.clone();
+        let port = url::Url::parse(&base).unwrap().port().unwrap();
+        drop(self);
+        let listener = bind_again(port).await;
+        let mut server = Self::start_on(db, listener, |c| {
+            c.issuer = base.clone().try_into().unwrap();
+        })
+        .await;
+        server.base = base;
+        server
     }
 
     pub async fn start_on_localhost_with(
@@ -364,6 +390,12 @@ impl Browser {
             .post(format!("{}{path}", self.base))
             .form(form)
             .header(header.0, header.1);
+        self.send(req).await
+    }
+
+    /// POSTs a form to an absolute URL (another app on this host).
+    pub async fn post_to(&mut self, url: &str, form: &[(&str, &str)]) -> Page {
+        let req = self.http.post(url).form(form);
         self.send(req).await
     }
 

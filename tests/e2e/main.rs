@@ -15,4 +15,5 @@ mod mfa;
 mod oidc;
 mod oidc_attacks;
 mod sessions;
+mod sso;
 mod store;

@@ -1001,6 +1001,11 @@ async fn offline_access_outlives_the_session_and_narrowing_keeps_the_grant() {
         401,
         "the session's access token ended"
     );
+    assert_eq!(
+        introspect(&s, t["access_token"].as_str().unwrap()).await["active"],
+        false,
+        "and introspection says so"
+    );
 
     let (status, r1) = refresh(&s, t["refresh_token"].as_str().unwrap(), Some("openid")).await;
     assert_eq!(status, 200, "offline_access refreshes after sign-out: {r1}");
