@@ -251,3 +251,28 @@ async fn acr_values_lead_to_authenticator_enrolment_in_a_real_browser() {
     assert_eq!(claims["acr"], lanyard_core::mfa::ACR_MFA);
     assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp", "mfa"]));
 }
+
+/// The single sign-on walk of the README in Chromium, with two demo apps: App A hears of
+/// sign-outs through the back channel, App B through a frame on Lanyard's signed-out page.
+#[tokio::test]
+async fn two_apps_share_one_sign_in_and_one_sign_out() {
+    use crate::sso::{Channel, Demo};
+    if !available() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let server = TestServer::start_on_localhost_with(&db, |c| {
+        c.logout.poll_interval = std::time::Duration::from_millis(200);
+    })
+    .await;
+    server.add_user("ada", "correct horse battery").await;
+    let a = Demo::start(&server, "App A", Channel::Back).await;
+    let b = Demo::start(&server, "App B", Channel::Front).await;
+    node(
+        "sso.mjs",
+        &[&server.base, &a.url, &b.url, "ada", "correct horse battery"],
+    )
+    .await;
+    assert!(a.app.signed_in_sids().is_empty());
+    assert!(b.app.signed_in_sids().is_empty());
+}

@@ -12,23 +12,32 @@ use crate::harness::{Browser, Page, TestDb, TestServer, bind_again, register_cli
 const PW: &str = "correct horse battery";
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
+/// How an app hears of sign-outs.
+pub(crate) enum Channel {
+    Back,
+    Front,
+}
+
 /// A demo app serving on a port of its own; `stop` takes it off the network, keeping its state.
-struct Demo {
-    app: App,
-    url: String,
+pub(crate) struct Demo {
+    pub app: App,
+    pub url: String,
     client_id: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Demo {
-    async fn start(server: &TestServer, name: &str) -> Self {
+    pub async fn start(server: &TestServer, name: &str, channel: Channel) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://localhost:{}", listener.local_addr().unwrap().port());
         let reg = ClientRegistration {
             name: name.into(),
             redirect_uris: vec![format!("{url}/callback")],
             post_logout_redirect_uris: vec![format!("{url}/")],
-            backchannel_logout_uri: Some(format!("{url}/backchannel_logout")),
+            backchannel_logout_uri: matches!(channel, Channel::Back)
+                .then(|| format!("{url}/backchannel_logout")),
+            frontchannel_logout_uri: matches!(channel, Channel::Front)
+                .then(|| format!("{url}/frontchannel_logout")),
             skip_consent: true,
             ..Default::default()
         };
@@ -136,8 +145,8 @@ async fn one_sign_in_serves_both_apps_and_one_sign_out_ends_both() {
     let db = TestDb::new().await;
     let server = TestServer::start_on_localhost(&db).await;
     server.add_user("ada", PW).await;
-    let a = Demo::start(&server, "App A").await;
-    let b_app = Demo::start(&server, "App B").await;
+    let a = Demo::start(&server, "App A", Channel::Back).await;
+    let b_app = Demo::start(&server, "App B", Channel::Back).await;
     let mut browser = Browser::new(&server);
 
     assert!(!signed_in(&a.home(&mut browser).await));
@@ -180,7 +189,7 @@ async fn the_app_accepts_only_logout_tokens_lanyard_signed_for_it() {
     let db = TestDb::new().await;
     let server = TestServer::start_on_localhost(&db).await;
     server.add_user("ada", PW).await;
-    let a = Demo::start(&server, "App A").await;
+    let a = Demo::start(&server, "App A", Channel::Back).await;
     let mut browser = Browser::new(&server);
     a.sign_in(&mut browser, Some(PW)).await;
     let sid = lanyard_sid(&server, &browser).await;
@@ -269,8 +278,8 @@ async fn an_app_that_was_down_hears_of_the_logout_after_lanyard_restarts() {
     let db = TestDb::new().await;
     let server = TestServer::start_on_localhost(&db).await;
     server.add_user("ada", PW).await;
-    let a = Demo::start(&server, "App A").await;
-    let mut b_app = Demo::start(&server, "App B").await;
+    let a = Demo::start(&server, "App A", Channel::Back).await;
+    let mut b_app = Demo::start(&server, "App B", Channel::Back).await;
     let mut browser = Browser::new(&server);
     a.sign_in(&mut browser, Some(PW)).await;
     b_app.sign_in(&mut browser, None).await;
@@ -316,7 +325,7 @@ async fn expiry_and_a_password_change_reach_the_apps_too() {
     })
     .await;
     server.add_user("ada", PW).await;
-    let a = Demo::start(&server, "App A").await;
+    let a = Demo::start(&server, "App A", Channel::Back).await;
 
     // Idle expiry, found by the sweeper.
     let mut idle = Browser::new(&server);

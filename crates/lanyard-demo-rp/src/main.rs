@@ -1,6 +1,14 @@
 //! `lanyard-demo-rp`: run one demo app. Two of them on two ports make "app A" and "app B".
 
+use anyhow::Context;
 use clap::Parser;
+
+/// What `lanyard client add --json` prints.
+#[derive(serde::Deserialize)]
+struct Registered {
+    client_id: String,
+    client_secret: Option<String>,
+}
 
 /// A small app that signs in through Lanyard, for trying single sign-on and logout.
 #[derive(Parser)]
@@ -10,11 +18,18 @@ struct Args {
     #[arg(long, default_value = "http://localhost:8080")]
     issuer: String,
     /// The client_id printed by `lanyard client add`.
-    #[arg(long)]
-    client_id: String,
+    #[arg(
+        long,
+        required_unless_present = "client_file",
+        conflicts_with = "client_file"
+    )]
+    client_id: Option<String>,
     /// The client_secret printed by `lanyard client add`.
     #[arg(long, env = "DEMO_CLIENT_SECRET", hide_env_values = true)]
     client_secret: Option<String>,
+    /// A file holding what `lanyard client add --json` printed (client_id and client_secret).
+    #[arg(long, value_name = "FILE")]
+    client_file: Option<std::path::PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3001")]
     listen: std::net::SocketAddr,
@@ -44,10 +59,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(u) => u,
         None => format!("http://localhost:{}", args.listen.port()).parse()?,
     };
+    let (client_id, client_secret) = match (&args.client_file, args.client_id) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let c: Registered = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not `client add --json` output", file.display()))?;
+            (c.client_id, c.client_secret)
+        }
+        (None, Some(id)) => (id, args.client_secret),
+        (None, None) => anyhow::bail!("give --client-id or --client-file"),
+    };
     let settings = lanyard_demo_rp::Settings {
         issuer: args.issuer,
-        client_id: args.client_id,
-        client_secret: args.client_secret,
+        client_id,
+        client_secret,
         public_url: public_url.clone(),
         name: args.name,
     };
