@@ -233,6 +233,17 @@ impl TestServer {
         }
     }
 
+    /// The `sid` of the Lanyard session this browser holds.
+    pub async fn sid_of(&self, b: &Browser) -> String {
+        let digest = lanyard_core::secret::digest(&b.session_cookie().unwrap());
+        self.store
+            .session_by_digest(&digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .public_id
+    }
+
     /// Every stored session, ended or not (the sweeper may not have run).
     pub async fn sessions(
         &self,
@@ -420,6 +431,16 @@ impl Browser {
                 ("username", username),
                 ("password", password),
             ],
+        )
+        .await
+    }
+
+    /// Changes the password on the account page.
+    pub async fn change_password(&mut self, current: &str, new: &str) -> Page {
+        let csrf = self.get("/account").await.csrf();
+        self.post(
+            "/account/password",
+            &[("csrf", &csrf), ("current", current), ("new", new)],
         )
         .await
     }

@@ -87,19 +87,6 @@ async fn signed_in_app(server: &TestServer, backchannel: &str) -> (Browser, Stri
     (b, id)
 }
 
-fn sid_of(server: &TestServer, b: &Browser) -> impl std::future::Future<Output = String> {
-    let digest = lanyard_core::secret::digest(&b.session_cookie().unwrap());
-    let store = server.store.clone();
-    async move {
-        store
-            .session_by_digest(&digest)
-            .await
-            .unwrap()
-            .unwrap()
-            .public_id
-    }
-}
-
 #[tokio::test]
 async fn signing_out_sends_a_signed_logout_token_to_the_app() {
     let db = TestDb::new().await;
@@ -107,7 +94,7 @@ async fn signing_out_sends_a_signed_logout_token_to_the_app() {
     let ada = server.add_user("ada", PW).await;
     let app = receiver(0).await;
     let (mut b, client_id) = signed_in_app(&server, &app.url).await;
-    let sid = sid_of(&server, &b).await;
+    let sid = server.sid_of(&b).await;
 
     let csrf = b.get("/account").await.csrf();
     b.post("/logout", &[("csrf", &csrf)]).await;
@@ -210,7 +197,7 @@ async fn every_way_a_session_ends_queues_a_logout() {
 
     // Revoked from the CLI.
     let (b, _) = signed_in_app(&server, &app.url).await;
-    let sid = sid_of(&server, &b).await;
+    let sid = server.sid_of(&b).await;
     assert!(
         run(lanyard(&db).args(["session", "revoke", &sid]), "")
             .status
@@ -425,7 +412,7 @@ async fn front_channel_apps_are_framed_on_the_signed_out_page() {
     let after = "http://localhost:9999/signed-out";
     let frontchannel = "http://localhost:9998/fc?app=notes";
     let (mut b, _id, id_token) = app_with_id_token(&server, after, Some(frontchannel)).await;
-    let sid = sid_of(&server, &b).await;
+    let sid = server.sid_of(&b).await;
     assert!(
         !csp(&b.get("/account").await).contains("frame-src"),
         "other pages frame nothing"
@@ -473,7 +460,7 @@ async fn front_channel_apps_are_framed_on_the_signed_out_page() {
 
     // Lanyard's own sign-out frames them too, instead of going straight back to /login.
     let (mut b, _, _) = app_with_id_token(&server, after, Some(frontchannel)).await;
-    let sid = sid_of(&server, &b).await;
+    let sid = server.sid_of(&b).await;
     let csrf = b.get("/account").await.csrf();
     let r = b.post("/logout", &[("csrf", &csrf)]).await;
     assert_eq!(r.status, 200);

@@ -1031,17 +1031,9 @@ async fn a_password_change_ends_offline_access_too() {
     let t = signed_in_tokens(&mut s, "openid email offline_access").await;
     let (_, r1) = refresh(&s, t["refresh_token"].as_str().unwrap(), None).await;
     let access = r1["access_token"].as_str().unwrap().to_owned();
-    let csrf = s.browser.get("/account").await.csrf();
     let changed = s
         .browser
-        .post(
-            "/account/password",
-            &[
-                ("csrf", &csrf),
-                ("current", PW),
-                ("new", "a brand new passphrase"),
-            ],
-        )
+        .change_password(PW, "a brand new passphrase")
         .await;
     assert_eq!(changed.status, 200, "{}", changed.body);
 

@@ -129,17 +129,6 @@ async fn deliver(server: &TestServer) {
         .await;
 }
 
-async fn lanyard_sid(server: &TestServer, b: &Browser) -> String {
-    let digest = lanyard_core::secret::digest(&b.session_cookie().unwrap());
-    server
-        .store
-        .session_by_digest(&digest)
-        .await
-        .unwrap()
-        .unwrap()
-        .public_id
-}
-
 #[tokio::test]
 async fn one_sign_in_serves_both_apps_and_one_sign_out_ends_both() {
     let db = TestDb::new().await;
@@ -154,7 +143,7 @@ async fn one_sign_in_serves_both_apps_and_one_sign_out_ends_both() {
     assert!(signed_in(&at_a), "{}", at_a.body);
     let at_b = b_app.sign_in(&mut browser, None).await;
     assert!(signed_in(&at_b), "B signs in without a password");
-    let sid = lanyard_sid(&server, &browser).await;
+    let sid = server.sid_of(&browser).await;
     assert_eq!(a.app.signed_in_sids(), vec![sid.clone()], "ID token sid");
     assert_eq!(b_app.app.signed_in_sids(), vec![sid.clone()], "one session");
 
@@ -192,7 +181,7 @@ async fn the_app_accepts_only_logout_tokens_lanyard_signed_for_it() {
     let a = Demo::start(&server, "App A", Channel::Back).await;
     let mut browser = Browser::new(&server);
     a.sign_in(&mut browser, Some(PW)).await;
-    let sid = lanyard_sid(&server, &browser).await;
+    let sid = server.sid_of(&browser).await;
 
     let now = server.clock.now().as_secs();
     let good = serde_json::json!({
@@ -340,17 +329,7 @@ async fn expiry_and_a_password_change_reach_the_apps_too() {
     a.sign_in(&mut here, Some(PW)).await;
     let mut there = Browser::new(&server);
     there.sign_in("ada", PW).await;
-    let csrf = there.get("/account").await.csrf();
-    let r = there
-        .post(
-            "/account/password",
-            &[
-                ("csrf", &csrf),
-                ("current", PW),
-                ("new", "a brand new passphrase"),
-            ],
-        )
-        .await;
+    let r = there.change_password(PW, "a brand new passphrase").await;
     assert_eq!(r.status, 200);
     deliver(&server).await;
     assert!(
