@@ -14,6 +14,7 @@ mod logout;
 mod mfa;
 mod oidc;
 mod oidc_attacks;
+mod proxy;
 mod sessions;
 mod sso;
 mod store;

@@ -20,6 +20,9 @@ pub struct Config {
     /// The public URL of this Lanyard: the OpenID issuer, and the origin of every page.
     pub issuer: Issuer,
     pub listen: SocketAddr,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-*` headers are believed (CIDRs or
+    /// addresses). Empty: no forwarded header is believed.
+    pub trusted_proxies: Vec<crate::proxy::TrustedProxy>,
     /// `sqlite://path` (created if missing) or `postgres://…`.
     pub database_url: String,
     pub database: DatabaseConfig,
@@ -41,6 +44,7 @@ impl Default for Config {
         Self {
             issuer: Issuer("http://localhost:8080".to_owned()),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
             database_url: "sqlite://lanyard.db".to_owned(),
             database: DatabaseConfig::default(),
             http: HttpConfig::default(),
@@ -343,6 +347,39 @@ impl Config {
         let config: Config = figment.merge(env).extract().map_err(describe)?;
         config.check()?;
         Ok(config)
+    }
+
+    /// The usual mistakes of a deployment that still works: said at start-up and by
+    /// `lanyard doctor`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let public = match self.listen.ip() {
+            std::net::IpAddr::V4(ip) => !ip.is_loopback(),
+            std::net::IpAddr::V6(ip) => !ip.is_loopback(),
+        };
+        if self.issuer.is_https() && self.trusted_proxies.is_empty() {
+            out.push(
+                "the issuer is https but trusted_proxies is empty: behind a TLS-terminating \
+                 proxy, every client will appear to come from the proxy's address"
+                    .to_owned(),
+            );
+        }
+        if !self.issuer.is_https() && public {
+            out.push(format!(
+                "listening on {} with an http issuer: passwords and session cookies would \
+                 cross the network in clear; put a TLS-terminating proxy in front and use an \
+                 https issuer",
+                self.listen
+            ));
+        }
+        if self.trusted_proxies.iter().any(|p| p.is_everyone()) {
+            out.push(
+                "trusted_proxies trusts every address: any client can choose the IP address \
+                 throttling and the audit log see"
+                    .to_owned(),
+            );
+        }
+        out
     }
 
     fn check(&self) -> Result<(), ConfigError> {

@@ -15,6 +15,7 @@ mod login;
 pub mod logout;
 mod mfa;
 pub mod passwords;
+pub mod proxy;
 mod register;
 mod resource;
 mod serve;

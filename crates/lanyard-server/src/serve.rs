@@ -86,6 +86,10 @@ pub enum StartError {
 pub fn router(state: AppState) -> Router {
     let http = &state.config.http;
     let middleware = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::proxy::resolve_peer,
+        ))
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -97,6 +101,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz_get))
         .route("/readyz", get(readyz_get))
+        .route("/_lanyard/request", get(crate::proxy::request_get))
         .route("/static/lanyard.css", get(stylesheet_get))
         .route("/login", get(login_get).post(login_post))
         .route("/logout", post(logout_post))
@@ -167,6 +172,9 @@ pub async fn serve(
         backend = state.store.backend(),
         "listening"
     );
+    for warning in state.config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let sweeper = spawn_sweeper(state.clone());
     let key_refresh = state
         .keys
@@ -189,8 +197,14 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or("-");
+    let client = req
+        .extensions()
+        .get::<crate::proxy::Seen>()
+        .and_then(|s| s.client_ip)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
     // The path only: query strings carry codes, tokens and state.
-    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+    tracing::info_span!("request", request_id = %id, client = %client, method = %req.method(), path = %req.uri().path())
 }
 
 /// 128 random bits, hex. Request IDs only need to be unique, but a CSPRNG is as cheap as any.

@@ -192,10 +192,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        // Resolved behind trusted proxies by `proxy::resolve_peer`; the socket otherwise.
+        let ip = match parts.extensions.get::<crate::proxy::Seen>() {
+            Some(seen) => seen.client_ip,
+            None => parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        };
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

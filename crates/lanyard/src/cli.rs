@@ -51,6 +51,8 @@ enum Command {
     Session(session::SessionCommand),
     /// Print audit events, newest first.
     Audit(audit::AuditArgs),
+    /// Check the configuration, the database and the reverse proxy set-up.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// `--json`, shared by the commands that print something.
@@ -92,6 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Logout(cmd) => logout::run(&Ctx::open(config).await?, cmd).await,
         Command::Session(cmd) => session::run(&Ctx::open(config).await?, cmd).await,
         Command::Audit(a) => audit::run(&Ctx::open(config).await?, a).await,
+        Command::Doctor(a) => crate::doctor::run(&Ctx::open(config).await?, a).await,
     }
 }
 

@@ -8,6 +8,7 @@
 mod audit;
 mod cli;
 mod client;
+mod doctor;
 mod keys;
 mod logout;
 mod session;
