@@ -435,6 +435,16 @@ impl Browser {
         .await
     }
 
+    /// Holds a cookie as if a server had set it.
+    pub fn set_cookie(&mut self, name: &str, value: &str) {
+        self.cookies.insert(name.to_owned(), value.to_owned());
+    }
+
+    /// Sends this browser, cookies and all, to another instance (as a load balancer would).
+    pub fn point_at(&mut self, server: &TestServer) {
+        self.base = server.base.clone();
+    }
+
     /// Changes the password on the account page.
     pub async fn change_password(&mut self, current: &str, new: &str) -> Page {
         let csrf = self.get("/account").await.csrf();

@@ -12,13 +12,13 @@ use crate::harness::{Browser, TestDb, TestServer, lanyard, register_client, run,
 const PW: &str = "correct horse battery";
 
 /// A relying app's back-channel endpoint: records logout tokens, fails the first `failures`.
-struct Receiver {
-    url: String,
-    tokens: Arc<Mutex<Vec<String>>>,
+pub(crate) struct Receiver {
+    pub url: String,
+    pub tokens: Arc<Mutex<Vec<String>>>,
     failures: Arc<Mutex<u32>>,
 }
 
-async fn receiver(failures: u32) -> Receiver {
+pub(crate) async fn receiver(failures: u32) -> Receiver {
     let tokens = Arc::new(Mutex::new(Vec::new()));
     let left = Arc::new(Mutex::new(failures));
     let (t, l) = (tokens.clone(), left.clone());
@@ -52,7 +52,7 @@ async fn receiver(failures: u32) -> Receiver {
 }
 
 /// An app with a back-channel URI, and a browser signed in to it through /authorize.
-async fn signed_in_app(server: &TestServer, backchannel: &str) -> (Browser, String) {
+pub(crate) async fn signed_in_app(server: &TestServer, backchannel: &str) -> (Browser, String) {
     let reg = ClientRegistration {
         name: format!("Wiki {}", lanyard_core::secret::random_id(4).unwrap()),
         redirect_uris: vec!["http://localhost:9999/cb".into()],

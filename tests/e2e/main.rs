@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod harness;
 mod http;
+mod instances;
 mod logout;
 mod mfa;
 mod oidc;
