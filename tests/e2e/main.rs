@@ -12,6 +12,7 @@ mod harness;
 mod http;
 mod instances;
 mod logout;
+mod metrics;
 mod mfa;
 mod oidc;
 mod oidc_attacks;

@@ -29,6 +29,17 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// Counts kept in the database, for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct SharedMetrics {
+    /// Sessions not ended yet (expired ones count until the sweeper ends them).
+    pub sessions: u64,
+    /// Sessions ended since the database was created, by `EndReason::as_str`.
+    pub sessions_ended: Vec<(String, u64)>,
+    /// Back-channel logout deliveries by state (`pending`, `delivered`, `failed`).
+    pub logout_deliveries: Vec<(String, u64)>,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// "sqlite" or "postgres".
@@ -36,6 +47,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Answers when the database does: the readiness check.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Connections of this process's pool: (open, idle, maximum).
+    fn pool_use(&self) -> (u32, u32, u32);
+
+    /// What `/metrics` reads from the database: the same on every instance.
+    async fn shared_metrics(&self) -> Result<SharedMetrics, StoreError>;
 
     async fn create_user(&self, user: &NewUser, event: &NewAuditEvent) -> Result<(), StoreError>;
     async fn user_by_username(&self, username: &Username) -> Result<Option<User>, StoreError>;

@@ -273,6 +273,7 @@ pub(crate) async fn password_post(
         .await;
     if verdict == Verified::No {
         attempt.settle(&state, AttemptOutcome::Failed).await?;
+        state.metrics.signin("failed", "pwd");
         let e = NewAuditEvent::new(now, AuditKind::SignInFailed)
             .user(user_id)
             .actor(client.actor())

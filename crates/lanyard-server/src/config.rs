@@ -37,6 +37,14 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub mfa: MfaConfig,
     pub logout: LogoutConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` on this address instead of on `listen`.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -57,6 +65,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             mfa: MfaConfig::default(),
             logout: LogoutConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ mod health;
 pub mod keys;
 mod login;
 pub mod logout;
+pub mod metrics;
 mod mfa;
 pub mod passwords;
 pub mod proxy;

@@ -128,6 +128,7 @@ pub(crate) async fn login_post(
         }
         (user, _) => {
             attempt.settle(&state, AttemptOutcome::Failed).await?;
+            state.metrics.signin("failed", "pwd");
             let mut e = event(AuditKind::SignInFailed);
             if let Some(u) = &user {
                 e = e.user(u.id.as_str()).detail(if u.disabled {

@@ -70,6 +70,11 @@ pub async fn deliver_due(state: &AppState, http: &reqwest::Client) -> u32 {
                 None,
             ),
         };
+        state.metrics.logout_attempt(match outcome {
+            DeliveryOutcome::Delivered { .. } => "delivered",
+            DeliveryOutcome::Retry { .. } => "retry",
+            DeliveryOutcome::Failed { .. } => "failed",
+        });
         if let Err(e) = state
             .store
             .finish_logout_attempt(d.id, outcome, audit.as_ref())

@@ -415,6 +415,7 @@ pub(crate) async fn mfa_post(
     let method = verify_second_factor(&state, &user, &form.code).await?;
     let Some(method) = method else {
         attempt.settle(&state, AttemptOutcome::Failed).await?;
+        state.metrics.signin("failed", "otp");
         let e = NewAuditEvent::new(now, AuditKind::MfaFailed)
             .user(user.id.as_str())
             .actor(client.actor());

@@ -46,6 +46,7 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub webauthn: Arc<webauthn_rs::Webauthn>,
     pub audit_gate: Arc<AuditGate>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -68,6 +69,9 @@ impl AppState {
             keys,
             webauthn,
             audit_gate: Arc::default(),
+            metrics: Arc::new(
+                crate::metrics::Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?,
+            ),
         })
     }
 }
@@ -81,6 +85,8 @@ pub enum StartError {
     Keys(#[from] crate::keys::KeysError),
     #[error("{0}")]
     Webauthn(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 pub fn router(state: AppState) -> Router {
@@ -98,7 +104,7 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             http.request_timeout,
         ));
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz_get))
         .route("/readyz", get(readyz_get))
         .route("/_lanyard/request", get(crate::proxy::request_get))
@@ -148,7 +154,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/end_session/confirm",
             post(crate::end_session::confirm_post),
-        )
+        );
+    // On their own address if configured, so the public listener need not show them.
+    let routes = if state.config.metrics.listen.is_none() {
+        routes.route("/metrics", get(crate::metrics::metrics_get))
+    } else {
+        routes
+    };
+    routes
+        // Runs after routing, so it knows the matched route.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .layer(middleware)
         // Outermost, so early answers (413, 408) carry the headers too.
         .layer(axum::middleware::from_fn_with_state(
@@ -180,6 +198,19 @@ pub async fn serve(
         .keys
         .spawn_refresh(state.store.clone(), state.clock.clone());
     let logout_worker = crate::logout::spawn_worker(state.clone());
+    let metrics_server = match state.config.metrics.listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(%addr, "metrics listening");
+            let app = Router::new()
+                .route("/metrics", get(crate::metrics::metrics_get))
+                .with_state(state.clone());
+            Some(tokio::spawn(
+                async move { axum::serve(listener, app).await },
+            ))
+        }
+        None => None,
+    };
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -187,6 +218,9 @@ pub async fn serve(
     sweeper.abort();
     key_refresh.abort();
     logout_worker.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -158,6 +158,7 @@ pub(crate) async fn start_session(
 ) -> Result<SessionSecret, PageError> {
     let now = state.clock.now();
     let secret = SessionSecret::generate()?;
+    let method = amr.join("+");
     let mut session = lanyard_core::session::NewSession::new(&secret, user.id.clone(), now, amr)?;
     session.ip = client.ip.map(|ip| ip.to_string());
     session.user_agent = client.user_agent.clone();
@@ -186,6 +187,7 @@ pub(crate) async fn start_session(
         .store
         .create_session(&session, replaces.as_deref(), max, &events)
         .await?;
+    state.metrics.signin("succeeded", &method);
     tracing::info!(user = %user.id.as_str(), session = %public_id, renewed, "signed in");
     Ok(secret)
 }

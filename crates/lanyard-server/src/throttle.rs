@@ -47,6 +47,7 @@ pub(crate) async fn begin(
         .store
         .settle_sign_in_attempt(&attempt.id, AttemptOutcome::Refused, &attempt.keys)
         .await?;
+    state.metrics.throttled();
     // Refused attempts cost an attacker nothing: audit one per account and address a minute.
     let gate_key = attempt
         .keys

@@ -81,6 +81,7 @@ pub(crate) async fn token_post(
         GrantType::RefreshToken => refresh_grant(&state, &client, &params).await?,
         GrantType::ClientCredentials => client_credentials(&state, &client, &params).await?,
     };
+    state.metrics.token_issued(grant.as_str());
     Ok((
         [
             (header::CONTENT_TYPE, "application/json"),

@@ -438,6 +438,7 @@ async fn refused_with_audit(
     } else {
         AuditKind::SignInFailed
     };
+    state.metrics.signin("failed", "hwk");
     let e = NewAuditEvent::new(state.clock.now(), kind)
         .user(user.id.as_str())
         .actor(client.actor())

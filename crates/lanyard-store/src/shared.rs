@@ -453,11 +453,31 @@ macro_rules! impl_store {
                 insert_audit(&mut *conn, &ended_event(template, row, reason)).await?;
                 enqueue_logouts(&mut *conn, row, template.at).await?;
             }
-            Ok(())
+            count_ended(&mut *conn, reason, rows.len()).await
         }
 
         /// Writes a back-channel logout for each app that took part in the ended session, in
         /// the transaction that ended it, and forgets the session's apps.
+        async fn count_ended(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            reason: EndReason,
+            n: usize,
+        ) -> Result<(), StoreError> {
+            if n == 0 {
+                return Ok(());
+            }
+            sqlx::query(
+                "INSERT INTO session_end_counts (reason, n) VALUES ($1, $2) \
+                 ON CONFLICT (reason) DO UPDATE SET n = session_end_counts.n + excluded.n",
+            )
+            .bind(reason.as_str())
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+            Ok(())
+        }
+
         /// Revokes the families of a user's `offline_access` refresh tokens (and so the access
         /// tokens minted from them): the grants that outlive sessions end with a password change
         /// or a disabled account. The scope list is closed, so the pattern matches one scope.
@@ -568,6 +588,35 @@ macro_rules! impl_store {
             async fn ping(&self) -> Result<(), StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map_err(from_sqlx)?;
                 Ok(())
+            }
+
+            fn pool_use(&self) -> (u32, u32, u32) {
+                let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+                (self.pool.size(), idle, self.pool.options().get_max_connections())
+            }
+
+            async fn shared_metrics(&self) -> Result<lanyard_core::store::SharedMetrics, StoreError> {
+                let count = |(k, n): (String, i64)| (k, u64::try_from(n).unwrap_or(0));
+                let (sessions,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(from_sqlx)?;
+                let ended: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT reason, n FROM session_end_counts ORDER BY reason")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(from_sqlx)?;
+                let deliveries: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT state, COUNT(*) FROM logout_outbox GROUP BY state ORDER BY state",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(lanyard_core::store::SharedMetrics {
+                    sessions: u64::try_from(sessions).unwrap_or(0),
+                    sessions_ended: ended.into_iter().map(count).collect(),
+                    logout_deliveries: deliveries.into_iter().map(count).collect(),
+                })
             }
 
             async fn create_user(&self, u: &NewUser, e: &NewAuditEvent) -> Result<(), StoreError> {
@@ -965,15 +1014,20 @@ macro_rules! impl_store {
                 .await
                 .map_err(from_sqlx)?;
                 let template = NewAuditEvent::new(now, lanyard_core::audit::AuditKind::SessionEnded);
+                let (mut idle, mut lifetime) = (0, 0);
                 for row in &ended {
                     let reason = if row.created_at <= lifetime_cutoff.as_secs() {
+                        lifetime += 1;
                         EndReason::LifetimeExceeded
                     } else {
+                        idle += 1;
                         EndReason::IdleTimeout
                     };
                     insert_audit(&mut tx, &ended_event(&template, row, reason)).await?;
                     enqueue_logouts(&mut tx, row, now).await?;
                 }
+                count_ended(&mut tx, EndReason::IdleTimeout, idle).await?;
+                count_ended(&mut tx, EndReason::LifetimeExceeded, lifetime).await?;
                 tx.commit().await.map_err(from_sqlx)?;
                 Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
             }
