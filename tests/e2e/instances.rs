@@ -87,3 +87,36 @@ async fn a_logout_is_sent_once_however_many_instances_deliver() {
     assert_eq!(n_a + n_b, 0);
     assert_eq!(app.tokens.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn expiry_sweeps_on_every_instance_end_each_session_once() {
+    let db = TestDb::new().await;
+    let (a, b) = two(&db).await;
+    a.add_user("ada", PW).await;
+    let app = receiver(0).await;
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        let (browser, _) = signed_in_app(&a, &app.url).await;
+        ended.push(a.sid_of(&browser).await);
+    }
+    let idle = a.state.config.session.idle_timeout.as_secs() + 1;
+    a.advance(idle);
+    b.advance(idle);
+    tokio::join!(
+        lanyard_server::sweep(&a.state),
+        lanyard_server::sweep(&b.state)
+    );
+
+    let deliveries = a.store.logout_deliveries(100).await.unwrap();
+    let mut sids: Vec<_> = deliveries.iter().map(|d| d.session_id.clone()).collect();
+    sids.sort();
+    ended.sort();
+    assert_eq!(sids, ended, "one logout per session, not one per instance");
+    let shared = a.store.shared_metrics().await.unwrap();
+    assert_eq!(shared.sessions, 0);
+    assert_eq!(
+        shared.sessions_ended,
+        vec![("idle_timeout".to_owned(), 3)],
+        "each end counted once"
+    );
+}

@@ -1,8 +1,10 @@
 //! Lanyard behind a real reverse proxy: Debian's nginx, terminating TLS with a throwaway
 //! certificate and forwarding to Lanyard over plain HTTP, as operators run it.
 //!
-//! These run when nginx is installed (`.ci/run` installs `nginx-light` and sets
-//! `LANYARD_TEST_REQUIRE_NGINX=1`, which turns its absence into a failure).
+//! Also two instances behind Caddy, run with `deploy/Caddyfile` as shipped.
+//!
+//! These run when nginx and Caddy are installed (`.ci/run` installs `nginx-light` and `caddy`
+//! and sets `LANYARD_TEST_REQUIRE_PROXIES=1`, which turns their absence into a failure).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -11,27 +13,29 @@ use std::time::Duration;
 use crate::harness::{Browser, TestDb, TestServer, lanyard, run, stdout};
 
 const NGINX: &str = "/usr/sbin/nginx";
+const CADDY: &str = "/usr/bin/caddy";
 const PW: &str = "correct horse battery";
 
-fn available() -> bool {
-    let ok = Path::new(NGINX).exists();
+fn available(program: &str) -> bool {
+    let ok = Path::new(program).exists();
     if !ok {
         assert!(
-            std::env::var("LANYARD_TEST_REQUIRE_NGINX").is_err(),
-            "LANYARD_TEST_REQUIRE_NGINX is set but {NGINX} is missing"
+            std::env::var("LANYARD_TEST_REQUIRE_PROXIES").is_err(),
+            "LANYARD_TEST_REQUIRE_PROXIES is set but {program} is missing"
         );
-        eprintln!("skipped: install nginx-light to run the reverse proxy tests");
+        eprintln!("skipped: install nginx-light and caddy to run the reverse proxy tests");
     }
     ok
 }
 
-struct Nginx {
+/// A proxy process, stopped when dropped.
+struct Proxy {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Nginx {
+impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -44,7 +48,7 @@ async fn free_port() -> u16 {
 }
 
 /// nginx on `port`, TLS-terminating, in front of `upstream` (`http://127.0.0.1:N`).
-async fn nginx(port: u16, upstream: &str) -> Nginx {
+async fn nginx(port: u16, upstream: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let made = Command::new("openssl")
@@ -100,7 +104,7 @@ async fn nginx(port: u16, upstream: &str) -> Nginx {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let nginx = Nginx {
+    let nginx = Proxy {
         child,
         port,
         _dir: dir,
@@ -138,7 +142,7 @@ fn set_cookies(r: &reqwest::Response) -> Vec<String> {
 
 #[tokio::test]
 async fn behind_nginx_the_public_issuer_and_the_forwarded_client_are_what_count() {
-    if !available() {
+    if !available(NGINX) {
         return;
     }
     let db = TestDb::new().await;
@@ -308,4 +312,131 @@ async fn doctor_reports_what_lanyard_sees_and_the_usual_mistakes() {
     .await;
     assert!(!out.status.success());
     assert!(crate::harness::stderr(&out).contains("not an address or CIDR"));
+}
+
+/// Caddy on `port` with `deploy/Caddyfile` as shipped, in front of `upstreams` (`host:port`).
+async fn caddy(port: u16, upstreams: &[&str]) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let caddyfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/Caddyfile");
+    let child = Command::new(CADDY)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(caddyfile)
+        .env("CADDY_ADMIN", "off")
+        .env("CADDY_HTTP_PORT", free_port().await.to_string())
+        .env("LANYARD_DOMAIN", format!("localhost:{port}"))
+        .env("LANYARD_UPSTREAMS", upstreams.join(" "))
+        // Its own CA and state, in this test's directory.
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let caddy = Proxy {
+        child,
+        port,
+        _dir: dir,
+    };
+    let http = client_from("127.0.0.6");
+    for _ in 0..200 {
+        if let Ok(r) = http
+            .get(format!("https://localhost:{port}/readyz"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return caddy;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("Caddy did not start serving https on {port}");
+}
+
+/// The Compose set-up without containers: two instances on one database behind Caddy.
+#[tokio::test]
+async fn two_instances_behind_caddy_share_one_sign_in() {
+    if !available(CADDY) {
+        return;
+    }
+    let db = TestDb::new().await;
+    let port = free_port().await;
+    let public = format!("https://localhost:{port}");
+    let configure = |c: &mut lanyard_server::Config| {
+        c.issuer = public.clone().try_into().unwrap();
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    };
+    let a = TestServer::start(&db, configure).await;
+    let b = TestServer::start(&db, configure).await;
+    a.add_user("ada", PW).await;
+    let hosts: Vec<String> = [&a, &b]
+        .iter()
+        .map(|s| s.base.trim_start_matches("http://").to_owned())
+        .collect();
+    let proxy = caddy(port, &[&hosts[0], &hosts[1]]).await;
+    let base = format!("https://localhost:{}", proxy.port);
+    let http = client_from("127.0.0.6");
+
+    let meta: serde_json::Value = http
+        .get(format!("{base}/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["issuer"], public.as_str());
+    let seen: serde_json::Value = http
+        .get(format!("{base}/_lanyard/request"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["client_ip"], "127.0.0.6", "{seen}");
+    assert_eq!(seen["scheme"], "https");
+    assert_eq!(seen["peer_trusted"], true);
+
+    // Sign in through the proxy, then use the session on whichever instance Caddy picks.
+    let page = http.get(format!("{base}/login")).send().await.unwrap();
+    let pre = set_cookies(&page)[0].split(';').next().unwrap().to_owned();
+    let csrf = crate::harness::field(&page.text().await.unwrap(), "csrf").unwrap();
+    let r = http
+        .post(format!("{base}/login"))
+        .header("cookie", &pre)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("username", "ada"),
+            ("password", PW),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let session = set_cookies(&r)
+        .into_iter()
+        .find(|c| c.starts_with("__Host-lanyard_session="))
+        .unwrap();
+    let session = session.split(';').next().unwrap().to_owned();
+    for _ in 0..4 {
+        let r = http
+            .get(format!("{base}/account"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for (name, server) in [("A", &a), ("B", &b)] {
+        let text = server.state.metrics.render(&*server.store).await.unwrap();
+        assert!(
+            text.contains("route=\"/account\",status=\"200\""),
+            "instance {name} served some of them"
+        );
+    }
+    let events = a.store.list_audit(None, 20).await.unwrap();
+    let started = events.iter().find(|e| e.kind == "session.started").unwrap();
+    assert_eq!(started.ip.as_deref(), Some("127.0.0.6"));
 }
