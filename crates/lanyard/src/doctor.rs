@@ -45,9 +45,9 @@ pub async fn run(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<()> {
         Err(e) => problems.push(format!("the database does not answer: {e}")),
     }
 
-    let base = args
-        .url
-        .unwrap_or_else(|| config.issuer.as_str().to_owned());
+        // Sent elsewhere than the issuer, the request is not expected to carry the issuer's host.
+    let via_issuer = args.url.is_none();
+    let base = args.url.unwrap_or_else(|| config.issuer.as_str().to_owned());
     let url = format!("{}/_lanyard/request", base.trim_end_matches('/'));
     println!("request to:      {url}");
     match fetch(&url).await {
@@ -65,7 +65,7 @@ pub async fn run(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<()> {
             println!("  client IP:     {}", or_none(&seen.client_ip));
             println!("  scheme:        {}", seen.scheme);
             println!("  host:          {}", or_none(&seen.host));
-            problems.extend(judge(config, &seen));
+            problems.extend(judge(config, &seen, via_issuer));
         }
         Err(e) => problems.push(format!("{url} could not be fetched: {e}")),
     }
@@ -91,7 +91,7 @@ async fn fetch(url: &str) -> anyhow::Result<Seen> {
 }
 
 /// What the request should have looked like, seen from the issuer.
-fn judge(config: &lanyard_server::Config, seen: &Seen) -> Vec<String> {
+fn judge(config: &lanyard_server::Config, seen: &Seen, via_issuer: bool) -> Vec<String> {
     let mut out = Vec::new();
     let Ok(issuer) = url::Url::parse(config.issuer.as_str()) else {
         return out;
@@ -108,7 +108,7 @@ fn judge(config: &lanyard_server::Config, seen: &Seen) -> Vec<String> {
         Some(p) => format!("{}:{p}", issuer.host_str().unwrap_or_default()),
         None => issuer.host_str().unwrap_or_default().to_owned(),
     };
-    if seen.host.as_deref() != Some(want_host.as_str()) {
+    if via_issuer && seen.host.as_deref() != Some(want_host.as_str()) {
         out.push(format!(
             "the request arrived for host {} but the issuer's is {want_host}: the proxy should \
              pass the Host header (or X-Forwarded-Host) on",
