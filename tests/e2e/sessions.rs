@@ -871,3 +871,17 @@ async fn a_burst_of_parallel_guesses_gets_no_more_tries_than_the_limit() {
     assert_eq!(tried + refused, 20, "{statuses:?}");
     assert!(tried <= 5, "{tried} guesses were checked: {statuses:?}");
 }
+
+#[tokio::test]
+async fn session_check_says_only_whether_the_session_lives() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    server.add_user("ada", PW).await;
+    let mut b = Browser::new(&server);
+    assert_eq!(b.get("/session/check").await.status, 401);
+    b.sign_in("ada", PW).await;
+    let live = b.get("/session/check").await;
+    assert_eq!((live.status, live.body.as_str()), (204, ""), "nothing about whom");
+    b.set_cookie("lanyard_session", "forged");
+    assert_eq!(b.get("/session/check").await.status, 401);
+}

@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/static/lanyard.css", get(stylesheet_get))
         .route("/login", get(login_get).post(login_post))
         .route("/logout", post(logout_post))
+        .route("/session/check", get(crate::session::check_get))
         .route("/account", get(account_get))
         .route("/account/sessions/end", post(end_session_post))
         .route("/account/sessions/end-others", post(end_others_post))

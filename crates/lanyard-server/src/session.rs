@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use lanyard_core::audit::{AuditKind, NewAuditEvent};
 use lanyard_core::session::{Session, SessionSecret, Verdict};
@@ -67,6 +68,19 @@ pub(crate) fn set_cookie(
 /// The secret in cookie `name`, if well-formed.
 pub(crate) fn secret_from(headers: &HeaderMap, name: &str) -> Option<SessionSecret> {
     cookie(headers, name).and_then(SessionSecret::from_cookie)
+}
+
+/// `GET /session/check`: 204 when the request carries a live session, 401 when not. For a page
+/// or a proxy that only needs to know; it says nothing about whose session it is.
+pub(crate) async fn check_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientInfo,
+) -> Result<StatusCode, PageError> {
+    Ok(match signed_in(&state, &headers, &client).await? {
+        Some(_) => StatusCode::NO_CONTENT,
+        None => StatusCode::UNAUTHORIZED,
+    })
 }
 
 /// The live session this request carries, if any. Ends a session the policy rules out.
