@@ -881,7 +881,31 @@ async fn session_check_says_only_whether_the_session_lives() {
     assert_eq!(b.get("/session/check").await.status, 401);
     b.sign_in("ada", PW).await;
     let live = b.get("/session/check").await;
-    assert_eq!((live.status, live.body.as_str()), (204, ""), "nothing about whom");
+    assert_eq!(
+        (live.status, live.body.as_str()),
+        (204, ""),
+        "nothing about whom"
+    );
     b.set_cookie("lanyard_session", "forged");
     assert_eq!(b.get("/session/check").await.status, 401);
+}
+
+/// Many sign-ins at once: each one a session, none a server error (SQLite's write lock is
+/// taken at the start of each write transaction, so none fails to upgrade a read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sign_ins_all_succeed() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    // Different people on different addresses: throttling, which counts attempts in flight,
+    // has nothing to say.
+    for i in 0..24 {
+        let name = format!("user{i}");
+        server.add_user(&name, PW).await;
+        let mut b = Browser::from_ip(&server, &format!("127.0.1.{}", i + 1));
+        tasks.spawn(async move { b.sign_in(&name, PW).await.status });
+    }
+    let statuses: Vec<u16> = tasks.join_all().await;
+    assert!(statuses.iter().all(|s| *s == 303), "{statuses:?}");
+    assert_eq!(server.sessions(None).await.unwrap().len(), 24);
 }

@@ -38,6 +38,7 @@ impl_store!(
     PgStore,
     sqlx::Postgres,
     "postgres",
+    begin: "BEGIN",
     lock_user: "SELECT id FROM users WHERE id = $1 FOR UPDATE",
     skip_locked: "FOR UPDATE SKIP LOCKED"
 );

@@ -420,7 +420,7 @@ pub(crate) fn join<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Implements `lanyard_core::Store` for a struct with a `pool: sqlx::Pool<$db>` field.
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $backend:literal, lock_user: $lock_user:literal, skip_locked: $skip_locked:literal) => {
+    ($store:ty, $db:ty, $backend:literal, begin: $begin:literal, lock_user: $lock_user:literal, skip_locked: $skip_locked:literal) => {
         use lanyard_core::UnixTime;
         use lanyard_core::audit::{AuditEvent, NewAuditEvent};
         use lanyard_core::client::{Client, ClientId};
@@ -620,7 +620,7 @@ macro_rules! impl_store {
             }
 
             async fn create_user(&self, u: &NewUser, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 sqlx::query(
                     "INSERT INTO users (id, username, email, display_name, password_hash, \
                      disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6)",
@@ -667,7 +667,7 @@ macro_rules! impl_store {
             }
 
             async fn disable_user(&self, id: &UserId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("UPDATE users SET disabled = TRUE, updated_at = $2 WHERE id = $1")
                     .bind(id.as_str())
                     .bind(e.at.as_secs())
@@ -699,7 +699,7 @@ macro_rules! impl_store {
                 keep: Option<&str>,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let done =
                     sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
                         .bind(id.as_str())
@@ -741,7 +741,7 @@ macro_rules! impl_store {
             }
 
             async fn create_client(&self, c: &Client, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 sqlx::query(concat!(
                     "INSERT INTO clients (",
                     client_columns!(),
@@ -787,7 +787,7 @@ macro_rules! impl_store {
             }
 
             async fn remove_client(&self, id: &ClientId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM clients WHERE id = $1")
                     .bind(id.as_str())
                     .execute(&mut *tx)
@@ -809,7 +809,7 @@ macro_rules! impl_store {
                 max_per_user: u32,
                 events: &[NewAuditEvent],
             ) -> Result<String, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 // Serialises sign-ins of one user, so two at once cannot both slip under the cap.
                 sqlx::query($lock_user).bind(s.user_id.as_str()).execute(&mut *tx).await.map_err(from_sqlx)?;
                 let template = events.first().cloned().unwrap_or_else(|| {
@@ -920,7 +920,7 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE id_digest = $1 RETURNING public_id, user_id, created_at",
                 )
@@ -940,7 +940,7 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE public_id = $1 AND ($2 IS NULL OR user_id = $2) \
                      RETURNING public_id, user_id, created_at",
@@ -962,7 +962,7 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<u32, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE user_id = $1 AND ($2 IS NULL OR id_digest <> $2) \
                      RETURNING public_id, user_id, created_at",
@@ -1003,7 +1003,7 @@ macro_rules! impl_store {
                 lifetime_cutoff: UnixTime,
                 now: UnixTime,
             ) -> Result<u32, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE last_seen_at <= $1 OR created_at <= $2 \
                      RETURNING public_id, user_id, created_at",
@@ -1040,7 +1040,7 @@ macro_rules! impl_store {
             ) -> Result<Vec<(Key, Failures)>, StoreError> {
                 // Committed before counting: of two parallel attempts, the later one sees the
                 // earlier, so a burst cannot all pass a check made before any was recorded.
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 for k in keys {
                     sqlx::query("INSERT INTO sign_in_failures (key, at, attempt) VALUES ($1, $2, $3)")
                         .bind(k.key.as_str())
@@ -1079,7 +1079,7 @@ macro_rules! impl_store {
                 outcome: AttemptOutcome,
                 keys: &[Key],
             ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 if outcome != AttemptOutcome::Failed {
                     sqlx::query("DELETE FROM sign_in_failures WHERE attempt = $1")
                         .bind(attempt)
@@ -1134,7 +1134,7 @@ macro_rules! impl_store {
                 retire_others: bool,
                 e: &NewAuditEvent,
             ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 if retire_others {
                     sqlx::query(
                         "UPDATE signing_keys SET retired_at = $2 WHERE alg = $1 AND retired_at IS NULL",
@@ -1172,7 +1172,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_code(&self, c: &AuthorizationCode) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 sqlx::query(concat!(
                     "INSERT INTO authorization_codes (", code_columns!(),
                     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -1351,7 +1351,7 @@ macro_rules! impl_store {
                 new_digest: &str,
                 now: UnixTime,
             ) -> Result<RefreshRedemption, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let fresh = sqlx::query_as::<_, RefreshRow>(concat!(
                     "UPDATE refresh_tokens SET used_at = $2 WHERE token_digest = $1 \
                      AND used_at IS NULL AND revoked_at IS NULL AND NOT EXISTS \
@@ -1497,7 +1497,7 @@ macro_rules! impl_store {
                 recovery_digests: &[String],
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query(
                     "UPDATE totp_factors SET confirmed_at = $2, last_step = $3 \
                      WHERE user_id = $1 AND confirmed_at IS NULL AND sealed_secret = $4",
@@ -1535,7 +1535,7 @@ macro_rules! impl_store {
             }
 
             async fn remove_totp(&self, user: &UserId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM totp_factors WHERE user_id = $1")
                     .bind(user.as_str())
                     .execute(&mut *tx)
@@ -1564,7 +1564,7 @@ macro_rules! impl_store {
                 digests: &[String],
                 e: &NewAuditEvent,
             ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 replace_codes(&mut tx, user, digests, e.at).await?;
                 insert_audit(&mut tx, e).await?;
                 tx.commit().await.map_err(from_sqlx)
@@ -1597,7 +1597,7 @@ macro_rules! impl_store {
             }
 
             async fn add_webauthn_credential(&self, c: &WebauthnCredential, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 sqlx::query(
                     "INSERT INTO webauthn_credentials (credential_id, user_id, kind, name, credential, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1663,7 +1663,7 @@ macro_rules! impl_store {
             }
 
             async fn remove_webauthn_credential(&self, user: &UserId, credential_id: &str, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM webauthn_credentials WHERE user_id = $1 AND credential_id = $2")
                     .bind(user.as_str())
                     .bind(credential_id)
@@ -1772,7 +1772,7 @@ macro_rules! impl_store {
                 outcome: DeliveryOutcome,
                 event: Option<&NewAuditEvent>,
             ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
                 let q = match &outcome {
                     DeliveryOutcome::Delivered { at } => sqlx::query(
                         "UPDATE logout_outbox SET state = 'delivered', finished_at = $2, last_error = NULL WHERE id = $1",

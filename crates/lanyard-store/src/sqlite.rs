@@ -45,6 +45,9 @@ impl_store!(
     SqliteStore,
     sqlx::Sqlite,
     "sqlite",
+    // Write transactions take the write lock at once: a deferred one that read first cannot
+    // upgrade when another writer committed meanwhile (SQLITE_BUSY, busy_timeout or not).
+    begin: "BEGIN IMMEDIATE",
     lock_user: "SELECT id FROM users WHERE id = $1",
     skip_locked: ""
 );

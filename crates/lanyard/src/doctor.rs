@@ -45,9 +45,11 @@ pub async fn run(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<()> {
         Err(e) => problems.push(format!("the database does not answer: {e}")),
     }
 
-        // Sent elsewhere than the issuer, the request is not expected to carry the issuer's host.
+    // Sent elsewhere than the issuer, the request is not expected to carry the issuer's host.
     let via_issuer = args.url.is_none();
-    let base = args.url.unwrap_or_else(|| config.issuer.as_str().to_owned());
+    let base = args
+        .url
+        .unwrap_or_else(|| config.issuer.as_str().to_owned());
     let url = format!("{}/_lanyard/request", base.trim_end_matches('/'));
     println!("request to:      {url}");
     match fetch(&url).await {
