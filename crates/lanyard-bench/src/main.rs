@@ -1,0 +1,101 @@
+//! `lanyard-bench`: drives an OpenID Provider with the workloads of BENCHMARKS.md and reports
+//! throughput, latency, errors, and the server's CPU time per operation and memory (from
+//! `/proc`, given its PID).
+
+mod client;
+mod load;
+mod procstat;
+mod workloads;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::workloads::{Provider, Workload};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The provider's issuer URL.
+    #[arg(long)]
+    issuer: String,
+    /// A confidential client allowed authorization_code, refresh_token and client_credentials,
+    /// that skips consent.
+    #[arg(long)]
+    client_id: String,
+    #[arg(long, env = "BENCH_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: String,
+    /// One of the client's redirect URIs (never contacted: the code is read from the redirect).
+    #[arg(long)]
+    redirect_uri: String,
+    /// The user to sign in as; with `--users N`, workers use `<username>0` … `<username>N-1`.
+    #[arg(long, default_value = "bench")]
+    username: String,
+    /// How many users (all with the same password) the workers share out, so that no one user
+    /// meets the per-user session cap or per-account throttling.
+    #[arg(long)]
+    users: Option<usize>,
+    #[arg(long, env = "BENCH_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// Which provider speaks at `issuer`: its login form differs.
+    #[arg(long, value_enum, default_value = "lanyard")]
+    provider: Provider,
+    /// Workloads to run, in order (default: all).
+    #[arg(long = "workload", value_enum)]
+    workloads: Vec<Workload>,
+    /// How long each workload runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent connections, each with its own cookie jar.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// The server's process ID, for CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let target = std::sync::Arc::new(
+        workloads::Target::discover(
+            &args.issuer,
+            args.provider,
+            workloads::Credentials {
+                client_id: args.client_id,
+                client_secret: args.client_secret,
+                redirect_uri: args.redirect_uri,
+                username: args.username,
+            users: args.users,
+                password: args.password,
+            },
+        )
+        .await?,
+    );
+    let chosen = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        args.workloads
+    };
+    if !args.json {
+        println!("{}", load::Report::header());
+    }
+    for w in chosen {
+        let report = load::run(&target, w, args.concurrency, args.duration, args.server_pid).await;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.row());
+        }
+    }
+    Ok(())
+}
