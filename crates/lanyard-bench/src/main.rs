@@ -75,7 +75,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 client_secret: args.client_secret,
                 redirect_uri: args.redirect_uri,
                 username: args.username,
-            users: args.users,
+                users: args.users,
                 password: args.password,
             },
         )

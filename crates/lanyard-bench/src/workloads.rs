@@ -13,6 +13,8 @@ use crate::client::{Agent, form_value, location};
 #[serde(rename_all = "kebab-case")]
 pub enum Provider {
     Lanyard,
+    /// panva's oidc-provider as set up in `tests/peers/oidc-provider`.
+    OidcProvider,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -144,6 +146,9 @@ impl Target {
             Workload::Introspection if self.introspect.is_none() => {
                 Some("no introspection endpoint")
             }
+            Workload::SessionCheck if self.provider == Provider::OidcProvider => {
+                Some("no endpoint that only checks the session")
+            }
             _ => None,
         }
     }
@@ -172,7 +177,9 @@ pub async fn prepare(t: &Target, w: Workload, index: usize) -> anyhow::Result<Wo
         refresh: None,
     };
     match w {
-        Workload::Sso | Workload::SessionCheck => sign_in(t, &mut worker.agent, &worker.username).await?,
+        Workload::Sso | Workload::SessionCheck => {
+            sign_in(t, &mut worker.agent, &worker.username).await?
+        }
         Workload::Refresh => {
             sign_in(t, &mut worker.agent, &worker.username).await?;
             let tokens = code_flow(t, &mut worker.agent).await?;
@@ -264,8 +271,59 @@ async fn sign_in(t: &Target, agent: &mut Agent, username: &str) -> anyhow::Resul
             let r = agent.send(agent.http.post(login).form(&form)).await?;
             ensure!(r.status() == 303, "sign-in answered {}", r.status());
         }
+        // Its login lives inside an authorization request: /auth → the interaction's form →
+        // back to /auth, which ends with a code for the client.
+        Provider::OidcProvider => {
+            let (url, _) = authorize_url(t)?;
+            let r = agent.send(agent.http.get(url.clone())).await?;
+            let form_url = location(&r, &url)?;
+            let page = agent.send(agent.http.get(form_url.clone())).await?;
+            ensure!(
+                page.status() == 200,
+                "the login form answered {}",
+                page.status()
+            );
+            page.bytes().await?;
+            let action = Url::parse(&format!("{form_url}/login"))?;
+            let form = [
+                ("username", username),
+                ("password", t.creds.password.as_str()),
+            ];
+            let r = agent
+                .send(agent.http.post(action.clone()).form(&form))
+                .await?;
+            ensure!(
+                r.status().is_redirection(),
+                "sign-in answered {}",
+                r.status()
+            );
+            let resume = location(&r, &action)?;
+            let r = agent.send(agent.http.get(resume.clone())).await?;
+            let back = location(&r, &resume)?;
+            ensure!(
+                back.as_str().starts_with(&t.creds.redirect_uri),
+                "sign-in ended at {back}"
+            );
+        }
     }
     Ok(())
+}
+
+/// An authorization request for the client; returns it and its PKCE verifier.
+fn authorize_url(t: &Target) -> anyhow::Result<(Url, String)> {
+    let verifier = random()?;
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let mut url = t.authorize.clone();
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &t.creds.client_id)
+        .append_pair("redirect_uri", &t.creds.redirect_uri)
+        .append_pair("scope", "openid")
+        .append_pair("state", &random()?)
+        .append_pair("nonce", &random()?)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    Ok((url, verifier))
 }
 
 async fn token(
@@ -296,19 +354,7 @@ async fn client_credentials(t: &Target, agent: &mut Agent) -> anyhow::Result<ser
 
 /// /authorize with an existing session, then the code at /token.
 async fn code_flow(t: &Target, agent: &mut Agent) -> anyhow::Result<serde_json::Value> {
-    let verifier = random()?;
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let state = random()?;
-    let mut url = t.authorize.clone();
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &t.creds.client_id)
-        .append_pair("redirect_uri", &t.creds.redirect_uri)
-        .append_pair("scope", "openid")
-        .append_pair("state", &state)
-        .append_pair("nonce", &random()?)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
+    let (url, verifier) = authorize_url(t)?;
     let r = agent.send(agent.http.get(url.clone())).await?;
     ensure!(
         r.status().is_redirection(),
