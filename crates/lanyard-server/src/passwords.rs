@@ -1,18 +1,27 @@
-//! Password hashing off the async workers: argon2 runs on the blocking pool, at most one hash
-//! per core at a time, so a burst of sign-ins queues instead of starving every other request.
+//! Password hashing off the async workers, on a few threads of its own.
+//!
+//! There is one hashing thread per core, and at most one hash runs per thread. A burst of
+//! sign-ins therefore queues instead of starving every other request. Each thread reuses the
+//! memory of its previous hash (argon2id takes `password.memory_kib` per hash), so the server's
+//! memory stays at one hash per core. Running hashes on the shared blocking pool instead would
+//! leave a hash's worth of memory in the allocator of every thread that ever ran one.
 //!
 //! An unknown username is checked against a dummy hash made at start-up with the same
 //! parameters, so it costs the same time as a wrong password (no user enumeration by timing).
 
 use std::sync::Arc;
+use std::sync::mpsc;
 
 use lanyard_core::password::{PasswordError, PasswordHasher, PasswordPolicy, Verified};
 use secrecy::SecretString;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
+
+type Job = Box<dyn FnOnce() + Send>;
 
 pub struct Passwords {
     hasher: PasswordHasher,
     permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
     dummy_hash: String,
 }
 
@@ -21,9 +30,31 @@ impl Passwords {
         let hasher = PasswordHasher::new(policy)?;
         let dummy_hash = hasher.hash(&SecretString::from("not a real password".to_owned()))?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..cores {
+            let queue = Arc::clone(&queue);
+            // Each thread ends when `Passwords` is dropped and the channel closes.
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| PasswordError::Hash(format!("no hashing thread: {e}")))?;
+        }
         Ok(Arc::new(Self {
             hasher,
             permits: Arc::new(Semaphore::new(cores)),
+            jobs,
             dummy_hash,
         }))
     }
@@ -32,42 +63,44 @@ impl Passwords {
         &self.hasher
     }
 
+    /// Runs `f` on a hashing thread once one is free.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        // The permit moves into the job: a cancelled request cannot free its slot while its
+        // hash still runs, so no more jobs wait in the queue than there are threads.
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _permit = permit;
+            let _ = done.send(f());
+        });
+        self.jobs.send(job).ok()?;
+        result.await.ok()
+    }
+
     /// Checks `password` against `stored`, or against the dummy hash when there is no user.
     pub async fn verify(
         self: &Arc<Self>,
         password: SecretString,
         stored: Option<String>,
     ) -> Verified {
-        // The permit moves into the blocking task: a cancelled request cannot free its slot
-        // while its hash still runs.
-        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-            return Verified::No;
-        };
         let this = Arc::clone(self);
         let known = stored.is_some();
-        let result = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let hash = stored.as_deref().unwrap_or(&this.dummy_hash);
-            this.hasher.verify(&password, hash)
-        })
-        .await;
+        let result = self
+            .run(move || {
+                let hash = stored.as_deref().unwrap_or(&this.dummy_hash);
+                this.hasher.verify(&password, hash)
+            })
+            .await;
         match result {
-            Ok(v) if known => v,
+            Some(v) if known => v,
             _ => Verified::No,
         }
     }
 
     pub async fn hash(self: &Arc<Self>, password: SecretString) -> Result<String, PasswordError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| PasswordError::Hash(e.to_string()))?;
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            this.hasher.hash(&password)
-        })
-        .await
-        .map_err(|e| PasswordError::Hash(e.to_string()))?
+        self.run(move || this.hasher.hash(&password))
+            .await
+            .unwrap_or_else(|| Err(PasswordError::Hash("the hashing threads stopped".into())))
     }
 }
