@@ -16,17 +16,26 @@ use crate::workloads::{Provider, Workload};
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// The provider's issuer URL.
+    /// Measure the argon2id floor instead: hashes per second on this thread at Lanyard's
+    /// default parameters (m=19 MiB, t=2, p=1), with no server involved.
     #[arg(long)]
+    argon2_floor: bool,
+    /// The provider's issuer URL.
+    #[arg(long, required_unless_present = "argon2_floor", default_value = "")]
     issuer: String,
     /// A confidential client allowed authorization_code, refresh_token and client_credentials,
     /// that skips consent.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     client_id: String,
-    #[arg(long, env = "BENCH_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BENCH_CLIENT_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     client_secret: String,
     /// One of the client's redirect URIs (never contacted: the code is read from the redirect).
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     redirect_uri: String,
     /// The user to sign in as; with `--users N`, workers use `<username>0` … `<username>N-1`.
     #[arg(long, default_value = "bench")]
@@ -35,7 +44,12 @@ struct Args {
     /// meets the per-user session cap or per-account throttling.
     #[arg(long)]
     users: Option<usize>,
-    #[arg(long, env = "BENCH_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BENCH_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
     password: String,
     /// Which provider speaks at `issuer`: its login form differs.
     #[arg(long, value_enum, default_value = "lanyard")]
@@ -66,6 +80,9 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.argon2_floor {
+        return argon2_floor(args.duration);
+    }
     let target = std::sync::Arc::new(
         workloads::Target::discover(
             &args.issuer,
@@ -97,5 +114,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("{}", report.row());
         }
     }
+    Ok(())
+}
+
+/// Verifies one hash over and over on this thread, as a sign-in does, for `duration`.
+fn argon2_floor(duration: Duration) -> anyhow::Result<()> {
+    use lanyard_core::password::{PasswordHasher, PasswordPolicy, Verified};
+    let hasher = PasswordHasher::new(PasswordPolicy::default())?;
+    let password = secrecy::SecretString::from("a long bench passphrase".to_owned());
+    let stored = hasher.hash(&password)?;
+    let started = std::time::Instant::now();
+    let mut n = 0u32;
+    while started.elapsed() < duration {
+        anyhow::ensure!(matches!(
+            hasher.verify(&password, &stored),
+            Verified::Yes { .. }
+        ));
+        n += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "argon2id m=19456 t=2 p=1: {n} verifications in {secs:.1} s: {:.1}/s, {:.1} ms each",
+        f64::from(n) / secs,
+        secs * 1000.0 / f64::from(n)
+    );
     Ok(())
 }
