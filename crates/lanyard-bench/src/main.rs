@@ -3,6 +3,7 @@
 //! `/proc`, given its PID).
 
 mod client;
+mod compare;
 mod load;
 mod procstat;
 mod workloads;
@@ -20,8 +21,25 @@ struct Args {
     /// default parameters (m=19 MiB, t=2, p=1), with no server involved.
     #[arg(long)]
     argon2_floor: bool,
+    /// Run Lanyard and the peer side by side instead: start both (pinned to core 0) with the
+    /// same users and client, run every workload against each (pinned to core 1), alternating
+    /// which goes first, and print the ratios. Needs `npm ci` in `--peer-dir`.
+    #[arg(long)]
+    compare: bool,
+    /// With --compare: the lanyard binary (default: the one beside this program).
+    #[arg(long)]
+    lanyard: Option<std::path::PathBuf>,
+    /// With --compare: where the peer's server.mjs is.
+    #[arg(long, default_value = "tests/peers/oidc-provider")]
+    peer_dir: std::path::PathBuf,
+    /// With --compare: Lanyard's database (default: a scratch SQLite file).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// With --compare: runs of each workload per server; the table shows the median.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// The provider's issuer URL.
-    #[arg(long, required_unless_present = "argon2_floor", default_value = "")]
+    #[arg(long, default_value = "")]
     issuer: String,
     /// A confidential client allowed authorization_code, refresh_token and client_credentials,
     /// that skips consent.
@@ -82,6 +100,22 @@ async fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.argon2_floor {
         return argon2_floor(args.duration);
+    }
+    if args.compare {
+        let lanyard = match args.lanyard {
+            Some(p) => p,
+            None => std::env::current_exe()?.with_file_name("lanyard"),
+        };
+        return compare::run(compare::Options {
+            lanyard,
+            peer_dir: args.peer_dir,
+            database_url: args.database_url,
+            duration: args.duration,
+            concurrency: args.concurrency,
+            users: args.users.unwrap_or(args.concurrency),
+            rounds: args.rounds.max(1),
+        })
+        .await;
     }
     let target = std::sync::Arc::new(
         workloads::Target::discover(
