@@ -2,12 +2,36 @@
 //!
 //! Hashes are PHC strings that carry their own parameters, so a hash made under an older policy
 //! still verifies; `Verified::needs_rehash` tells the caller to store a new one. Hashing is
-//! CPU-heavy: servers call this from the blocking pool, never on an async worker.
+//! CPU-heavy: servers call this from threads of their own, never on an async worker, and give
+//! each thread a [`Scratch`] so argon2's memory is allocated once per thread, not per hash.
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+
+/// Argon2's working memory (`memory_kib` per hash), kept by a thread that hashes repeatedly.
+///
+/// Allocating it per hash costs page faults on every hash, and with glibc each freed
+/// allocation of this size raises the threshold below which freed memory is kept rather than
+/// returned, so the process stays large long after a burst of sign-ins.
+#[derive(Default)]
+pub struct Scratch(Vec<Block>);
+
+impl Scratch {
+    fn blocks(&mut self, n: usize) -> &mut [Block] {
+        if self.0.len() < n {
+            // Replaced, not grown: the contents need not survive, and `resize` would copy.
+            self.0 = vec![Block::default(); n];
+        }
+        &mut self.0[..n]
+    }
+}
+
+/// The bytes of a salt made for each new hash (RFC 9106 recommends 16).
+const SALT_LEN: usize = 16;
+/// The length of a new hash's output.
+const OUTPUT_LEN: usize = 32;
 
 /// The argon2id cost parameters and the minimum password length.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -58,7 +82,7 @@ pub enum Verified {
 #[derive(Clone)]
 pub struct PasswordHasher {
     policy: PasswordPolicy,
-    argon2: Argon2<'static>,
+    params: Params,
 }
 
 impl PasswordHasher {
@@ -67,13 +91,10 @@ impl PasswordHasher {
             policy.memory_kib,
             policy.iterations,
             policy.parallelism,
-            None,
+            Some(OUTPUT_LEN),
         )
         .map_err(|e| PasswordError::Params(e.to_string()))?;
-        Ok(Self {
-            policy,
-            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-        })
+        Ok(Self { policy, params })
     }
 
     pub fn policy(&self) -> &PasswordPolicy {
@@ -112,22 +133,72 @@ impl PasswordHasher {
 
     /// A PHC string for `password` with a fresh random salt.
     pub fn hash(&self, password: &SecretString) -> Result<String, PasswordError> {
-        self.argon2
-            .hash_password(password.expose_secret().as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| PasswordError::Hash(e.to_string()))
+        self.hash_in(password, &mut Scratch::default())
+    }
+
+    /// [`Self::hash`] in `scratch`'s memory.
+    pub fn hash_in(
+        &self,
+        password: &SecretString,
+        scratch: &mut Scratch,
+    ) -> Result<String, PasswordError> {
+        let failed = |e: &dyn std::fmt::Display| PasswordError::Hash(e.to_string());
+        let mut salt = [0u8; SALT_LEN];
+        getrandom::fill(&mut salt).map_err(|e| failed(&e))?;
+        let mut out = [0u8; OUTPUT_LEN];
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+            .hash_password_into_with_memory(
+                password.expose_secret().as_bytes(),
+                &salt,
+                &mut out,
+                scratch.blocks(self.params.block_count()),
+            )
+            .map_err(|e| failed(&e))?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&self.params).map_err(|e| failed(&e))?,
+            salt: Some(Salt::new(&salt).map_err(|e| failed(&e))?),
+            hash: Some(Output::new(&out).map_err(|e| failed(&e))?),
+        };
+        Ok(phc.to_string())
     }
 
     /// Checks `password` against a stored PHC string. A malformed hash never verifies.
     pub fn verify(&self, password: &SecretString, stored: &str) -> Verified {
+        self.verify_in(password, stored, &mut Scratch::default())
+    }
+
+    /// [`Self::verify`] in `scratch`'s memory.
+    pub fn verify_in(
+        &self,
+        password: &SecretString,
+        stored: &str,
+        scratch: &mut Scratch,
+    ) -> Verified {
         let Ok(parsed) = PasswordHash::new(stored) else {
             return Verified::No;
         };
-        if self
-            .argon2
-            .verify_password(password.expose_secret().as_bytes(), &parsed)
-            .is_err()
-        {
+        let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+            return Verified::No;
+        };
+        // Everything about the hash comes from the stored string, so older parameters verify.
+        let (Ok(algorithm), Ok(version), Ok(params)) = (
+            Algorithm::try_from(parsed.algorithm.as_str()),
+            parsed.version.map_or(Ok(Version::V0x13), Version::try_from),
+            Params::try_from(&parsed),
+        ) else {
+            return Verified::No;
+        };
+        let mut out = vec![0u8; expected.len()];
+        let computed = Argon2::new(algorithm, version, params.clone())
+            .hash_password_into_with_memory(
+                password.expose_secret().as_bytes(),
+                salt,
+                &mut out,
+                scratch.blocks(params.block_count()),
+            );
+        if computed.is_err() || !bool::from(out.ct_eq(expected.as_bytes())) {
             return Verified::No;
         }
         Verified::Yes {
@@ -185,6 +256,55 @@ mod tests {
         );
         assert_eq!(h.verify(&pw("correct horsf"), &a), Verified::No);
         assert_eq!(h.verify(&pw("x"), "not a hash"), Verified::No);
+    }
+
+    #[test]
+    fn scratch_memory_gives_the_reference_hashes() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let h = cheap(64);
+        let reference = Argon2::new(Algorithm::Argon2id, Version::V0x13, h.params.clone());
+        // One scratch for everything: what an earlier hash left in it must not matter.
+        let mut scratch = Scratch::default();
+        let ours = h.hash_in(&pw("correct horse"), &mut scratch).unwrap();
+        let theirs = reference
+            .hash_password(b"correct horse")
+            .unwrap()
+            .to_string();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(reference.verify_password(b"correct horse", &parsed).is_ok());
+        assert!(
+            reference
+                .verify_password(b"correct horsf", &parsed)
+                .is_err()
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                h.verify_in(&pw("correct horse"), &theirs, &mut scratch),
+                Verified::Yes {
+                    needs_rehash: false
+                }
+            );
+            assert_eq!(
+                h.verify_in(&pw("correct horsf"), &theirs, &mut scratch),
+                Verified::No
+            );
+        }
+        // A larger stored cost grows the scratch; a smaller one uses part of it.
+        let bigger = cheap(256).hash(&pw("correct horse")).unwrap();
+        assert_eq!(
+            h.verify_in(&pw("correct horse"), &bigger, &mut scratch),
+            Verified::Yes { needs_rehash: true }
+        );
+        assert!(matches!(
+            h.verify_in(&pw("correct horse"), &ours, &mut scratch),
+            Verified::Yes { .. }
+        ));
+        // A hash without its salt or output never verifies.
+        let truncated = ours.rsplit_once('$').unwrap().0;
+        assert_eq!(
+            h.verify_in(&pw("correct horse"), truncated, &mut scratch),
+            Verified::No
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Password hashing off the async workers, on a few threads of its own.
 //!
 //! There is one hashing thread per core, and at most one hash runs per thread. A burst of
-//! sign-ins therefore queues instead of starving every other request. Each thread reuses the
-//! memory of its previous hash (argon2id takes `password.memory_kib` per hash), so the server's
-//! memory stays at one hash per core. Running hashes on the shared blocking pool instead would
-//! leave a hash's worth of memory in the allocator of every thread that ever ran one.
+//! sign-ins therefore queues instead of starving every other request. Each thread keeps one
+//! [`Scratch`] (argon2id takes `password.memory_kib` per hash) and hashes in it every time, so
+//! the server holds one hash's memory per core and never allocates or frees it again. Running
+//! hashes on the shared blocking pool instead would leave a hash's worth of memory in the
+//! allocator of every thread that ever ran one.
 //!
 //! An unknown username is checked against a dummy hash made at start-up with the same
 //! parameters, so it costs the same time as a wrong password (no user enumeration by timing).
@@ -12,11 +13,12 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use lanyard_core::password::{PasswordError, PasswordHasher, PasswordPolicy, Verified};
+use lanyard_core::password::{PasswordError, PasswordHasher, PasswordPolicy, Scratch, Verified};
 use secrecy::SecretString;
 use tokio::sync::{Semaphore, oneshot};
 
-type Job = Box<dyn FnOnce() + Send>;
+/// Work for a hashing thread, given that thread's argon2 memory.
+type Job = Box<dyn FnOnce(&mut Scratch) + Send>;
 
 pub struct Passwords {
     hasher: PasswordHasher,
@@ -38,13 +40,14 @@ impl Passwords {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
+                    let mut scratch = Scratch::default();
                     loop {
                         let job = match queue.lock() {
                             Ok(q) => q.recv(),
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => job(),
+                            Ok(job) => job(&mut scratch),
                             Err(_) => return,
                         }
                     }
@@ -64,14 +67,17 @@ impl Passwords {
     }
 
     /// Runs `f` on a hashing thread once one is free.
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Scratch) -> T + Send + 'static,
+    ) -> Option<T> {
         // The permit moves into the job: a cancelled request cannot free its slot while its
         // hash still runs, so no more jobs wait in the queue than there are threads.
         let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move || {
+        let job: Job = Box::new(move |scratch| {
             let _permit = permit;
-            let _ = done.send(f());
+            let _ = done.send(f(scratch));
         });
         self.jobs.send(job).ok()?;
         result.await.ok()
@@ -86,9 +92,9 @@ impl Passwords {
         let this = Arc::clone(self);
         let known = stored.is_some();
         let result = self
-            .run(move || {
+            .run(move |scratch| {
                 let hash = stored.as_deref().unwrap_or(&this.dummy_hash);
-                this.hasher.verify(&password, hash)
+                this.hasher.verify_in(&password, hash, scratch)
             })
             .await;
         match result {
@@ -99,7 +105,7 @@ impl Passwords {
 
     pub async fn hash(self: &Arc<Self>, password: SecretString) -> Result<String, PasswordError> {
         let this = Arc::clone(self);
-        self.run(move || this.hasher.hash(&password))
+        self.run(move |scratch| this.hasher.hash_in(&password, scratch))
             .await
             .unwrap_or_else(|| Err(PasswordError::Hash("the hashing threads stopped".into())))
     }
