@@ -11,6 +11,8 @@ use crate::error::open_error;
 
 pub(crate) struct PgStore {
     pool: sqlx::PgPool,
+    /// The same pool: PostgreSQL runs writes in parallel and locks rows itself.
+    writer: sqlx::PgPool,
 }
 
 impl PgStore {
@@ -28,7 +30,10 @@ impl PgStore {
             .map_err(|e| {
                 StoreError::Internal(format!("migrating the PostgreSQL database failed: {e}"))
             })?;
-        Ok(Self { pool })
+        Ok(Self {
+            writer: pool.clone(),
+            pool,
+        })
     }
 }
 

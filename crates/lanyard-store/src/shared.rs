@@ -418,7 +418,9 @@ pub(crate) fn join<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     items.into_iter().collect::<Vec<_>>().join(" ")
 }
 
-/// Implements `lanyard_core::Store` for a struct with a `pool: sqlx::Pool<$db>` field.
+/// Implements `lanyard_core::Store` for a struct with `pool` and `writer` fields, both
+/// `sqlx::Pool<$db>`: statements that write, and every transaction, run on `writer`; plain
+/// reads run on `pool`.
 macro_rules! impl_store {
     ($store:ty, $db:ty, $backend:literal, begin: $begin:literal, lock_user: $lock_user:literal, skip_locked: $skip_locked:literal) => {
         use lanyard_core::UnixTime;
@@ -620,7 +622,7 @@ macro_rules! impl_store {
             }
 
             async fn create_user(&self, u: &NewUser, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 sqlx::query(
                     "INSERT INTO users (id, username, email, display_name, password_hash, \
                      disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6)",
@@ -667,7 +669,7 @@ macro_rules! impl_store {
             }
 
             async fn disable_user(&self, id: &UserId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("UPDATE users SET disabled = TRUE, updated_at = $2 WHERE id = $1")
                     .bind(id.as_str())
                     .bind(e.at.as_secs())
@@ -699,7 +701,7 @@ macro_rules! impl_store {
                 keep: Option<&str>,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let done =
                     sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
                         .bind(id.as_str())
@@ -734,14 +736,14 @@ macro_rules! impl_store {
                     .bind(id.as_str())
                     .bind(old)
                     .bind(new)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
             }
 
             async fn create_client(&self, c: &Client, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 sqlx::query(concat!(
                     "INSERT INTO clients (",
                     client_columns!(),
@@ -787,7 +789,7 @@ macro_rules! impl_store {
             }
 
             async fn remove_client(&self, id: &ClientId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM clients WHERE id = $1")
                     .bind(id.as_str())
                     .execute(&mut *tx)
@@ -809,7 +811,7 @@ macro_rules! impl_store {
                 max_per_user: u32,
                 events: &[NewAuditEvent],
             ) -> Result<String, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 // Serialises sign-ins of one user, so two at once cannot both slip under the cap.
                 sqlx::query($lock_user).bind(s.user_id.as_str()).execute(&mut *tx).await.map_err(from_sqlx)?;
                 let template = events.first().cloned().unwrap_or_else(|| {
@@ -899,7 +901,7 @@ macro_rules! impl_store {
                 )
                 .bind(digest)
                 .bind(now.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -908,7 +910,7 @@ macro_rules! impl_store {
             async fn clear_session_notice(&self, digest: &str) -> Result<(), StoreError> {
                 sqlx::query("UPDATE sessions SET notice = NULL WHERE id_digest = $1 AND notice IS NOT NULL")
                     .bind(digest)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
@@ -920,7 +922,7 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE id_digest = $1 RETURNING public_id, user_id, created_at",
                 )
@@ -940,7 +942,7 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE public_id = $1 AND ($2 IS NULL OR user_id = $2) \
                      RETURNING public_id, user_id, created_at",
@@ -962,7 +964,7 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<u32, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE user_id = $1 AND ($2 IS NULL OR id_digest <> $2) \
                      RETURNING public_id, user_id, created_at",
@@ -1003,7 +1005,7 @@ macro_rules! impl_store {
                 lifetime_cutoff: UnixTime,
                 now: UnixTime,
             ) -> Result<u32, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE last_seen_at <= $1 OR created_at <= $2 \
                      RETURNING public_id, user_id, created_at",
@@ -1040,7 +1042,7 @@ macro_rules! impl_store {
             ) -> Result<Vec<(Key, Failures)>, StoreError> {
                 // Committed before counting: of two parallel attempts, the later one sees the
                 // earlier, so a burst cannot all pass a check made before any was recorded.
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 for k in keys {
                     sqlx::query("INSERT INTO sign_in_failures (key, at, attempt) VALUES ($1, $2, $3)")
                         .bind(k.key.as_str())
@@ -1079,7 +1081,7 @@ macro_rules! impl_store {
                 outcome: AttemptOutcome,
                 keys: &[Key],
             ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 if outcome != AttemptOutcome::Failed {
                     sqlx::query("DELETE FROM sign_in_failures WHERE attempt = $1")
                         .bind(attempt)
@@ -1100,7 +1102,7 @@ macro_rules! impl_store {
             async fn sweep_sign_in_failures(&self, before: UnixTime) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM sign_in_failures WHERE at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
@@ -1134,7 +1136,7 @@ macro_rules! impl_store {
                 retire_others: bool,
                 e: &NewAuditEvent,
             ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 if retire_others {
                     sqlx::query(
                         "UPDATE signing_keys SET retired_at = $2 WHERE alg = $1 AND retired_at IS NULL",
@@ -1165,14 +1167,14 @@ macro_rules! impl_store {
             async fn delete_retired_keys(&self, before: UnixTime) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
             }
 
             async fn insert_code(&self, c: &AuthorizationCode) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 sqlx::query(concat!(
                     "INSERT INTO authorization_codes (", code_columns!(),
                     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -1236,7 +1238,7 @@ macro_rules! impl_store {
                 .bind(now.as_secs())
                 .bind(access_jti)
                 .bind(refresh_family)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 if let Some(row) = fresh {
@@ -1258,34 +1260,34 @@ macro_rules! impl_store {
             async fn sweep_codes(&self, before: UnixTime) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM authorization_codes WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM revoked_access_tokens WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM pending_signins WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM webauthn_ceremonies WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query(
                     "DELETE FROM refresh_family_revocations WHERE NOT EXISTS \
                      (SELECT 1 FROM refresh_tokens t WHERE t.family_id = refresh_family_revocations.family_id)",
                 )
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1317,7 +1319,7 @@ macro_rules! impl_store {
                 .bind(client.as_str())
                 .bind(scope)
                 .bind(now.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1339,7 +1341,7 @@ macro_rules! impl_store {
                 .bind(t.auth.acr.as_deref())
                 .bind(t.issued_at.as_secs())
                 .bind(t.expires_at.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1351,7 +1353,7 @@ macro_rules! impl_store {
                 new_digest: &str,
                 now: UnixTime,
             ) -> Result<RefreshRedemption, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let fresh = sqlx::query_as::<_, RefreshRow>(concat!(
                     "UPDATE refresh_tokens SET used_at = $2 WHERE token_digest = $1 \
                      AND used_at IS NULL AND revoked_at IS NULL AND NOT EXISTS \
@@ -1403,7 +1405,7 @@ macro_rules! impl_store {
                 )
                 .bind(family_id)
                 .bind(now.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 let done = sqlx::query(
@@ -1411,7 +1413,7 @@ macro_rules! impl_store {
                 )
                 .bind(family_id)
                 .bind(now.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?
                 .rows_affected();
@@ -1439,7 +1441,7 @@ macro_rules! impl_store {
                 )
                 .bind(jti)
                 .bind(expires_at.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1482,7 +1484,7 @@ macro_rules! impl_store {
                 .bind(user.as_str())
                 .bind(sealed)
                 .bind(now.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?
                 .rows_affected();
@@ -1497,7 +1499,7 @@ macro_rules! impl_store {
                 recovery_digests: &[String],
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query(
                     "UPDATE totp_factors SET confirmed_at = $2, last_step = $3 \
                      WHERE user_id = $1 AND confirmed_at IS NULL AND sealed_secret = $4",
@@ -1527,7 +1529,7 @@ macro_rules! impl_store {
                 )
                 .bind(user.as_str())
                 .bind(step)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?
                 .rows_affected();
@@ -1535,7 +1537,7 @@ macro_rules! impl_store {
             }
 
             async fn remove_totp(&self, user: &UserId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM totp_factors WHERE user_id = $1")
                     .bind(user.as_str())
                     .execute(&mut *tx)
@@ -1564,7 +1566,7 @@ macro_rules! impl_store {
                 digests: &[String],
                 e: &NewAuditEvent,
             ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 replace_codes(&mut tx, user, digests, e.at).await?;
                 insert_audit(&mut tx, e).await?;
                 tx.commit().await.map_err(from_sqlx)
@@ -1578,7 +1580,7 @@ macro_rules! impl_store {
                 .bind(user.as_str())
                 .bind(digest)
                 .bind(now.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?
                 .rows_affected();
@@ -1597,7 +1599,7 @@ macro_rules! impl_store {
             }
 
             async fn add_webauthn_credential(&self, c: &WebauthnCredential, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 sqlx::query(
                     "INSERT INTO webauthn_credentials (credential_id, user_id, kind, name, credential, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1644,7 +1646,7 @@ macro_rules! impl_store {
                     .bind(credential_id)
                     .bind(credential)
                     .bind(now.as_secs())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
@@ -1655,7 +1657,7 @@ macro_rules! impl_store {
                     .bind(user.as_str())
                     .bind(credential_id)
                     .bind(name)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?
                     .rows_affected();
@@ -1663,7 +1665,7 @@ macro_rules! impl_store {
             }
 
             async fn remove_webauthn_credential(&self, user: &UserId, credential_id: &str, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM webauthn_credentials WHERE user_id = $1 AND credential_id = $2")
                     .bind(user.as_str())
                     .bind(credential_id)
@@ -1687,7 +1689,7 @@ macro_rules! impl_store {
                 .bind(id_digest)
                 .bind(state)
                 .bind(expires_at.as_secs())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1697,7 +1699,7 @@ macro_rules! impl_store {
                 let row: Option<(String, i64)> =
                     sqlx::query_as("DELETE FROM webauthn_ceremonies WHERE id_digest = $1 RETURNING state, expires_at")
                         .bind(id_digest)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.writer)
                         .await
                         .map_err(from_sqlx)?;
                 Ok(row.filter(|(_, exp)| *exp > now.as_secs()).map(|(state, _)| state))
@@ -1714,7 +1716,7 @@ macro_rules! impl_store {
                 .bind(p.expires_at.as_secs())
                 .bind(join(p.amr.iter().map(String::as_str)))
                 .bind(p.return_to.as_str())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1736,7 +1738,7 @@ macro_rules! impl_store {
             async fn delete_pending_signin(&self, digest: &str) -> Result<bool, StoreError> {
                 let done = sqlx::query("DELETE FROM pending_signins WHERE id_digest = $1")
                     .bind(digest)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(from_sqlx)?
                     .rows_affected();
@@ -1760,7 +1762,7 @@ macro_rules! impl_store {
                 .bind(now.as_secs())
                 .bind(lease_until.as_secs())
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(rows.into_iter().map(LogoutDelivery::from).collect())
@@ -1772,7 +1774,7 @@ macro_rules! impl_store {
                 outcome: DeliveryOutcome,
                 event: Option<&NewAuditEvent>,
             ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
                 let q = match &outcome {
                     DeliveryOutcome::Delivered { at } => sqlx::query(
                         "UPDATE logout_outbox SET state = 'delivered', finished_at = $2, last_error = NULL WHERE id = $1",
@@ -1811,7 +1813,7 @@ macro_rules! impl_store {
             }
 
             async fn append_audit(&self, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut conn = self.pool.acquire().await.map_err(from_sqlx)?;
+                let mut conn = self.writer.acquire().await.map_err(from_sqlx)?;
                 insert_audit(&mut conn, e).await
             }
 

@@ -1,5 +1,11 @@
 //! SQLite: one file, WAL so readers do not block the writer, a busy timeout instead of instant
 //! "database is locked" errors, and foreign keys on (SQLite leaves them off by default).
+//!
+//! Every write goes through one connection of its own. SQLite runs one write transaction at a
+//! time anyway; with writes spread over the whole pool, the connections that lose the race
+//! sleep in SQLite's busy handler (in steps of up to 100 ms), while with one writer they wait
+//! their turn in the pool's queue and start the moment the previous write commits. Other
+//! processes on the same file (the command line) still meet the busy timeout.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,7 +17,10 @@ use crate::DbOptions;
 use crate::error::open_error;
 
 pub(crate) struct SqliteStore {
+    /// Reads.
     pool: sqlx::SqlitePool,
+    /// Writes: one connection.
+    writer: sqlx::SqlitePool,
 }
 
 impl SqliteStore {
@@ -23,19 +32,26 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(options.max_connections)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(|e| open_error(url, e))?;
+        // Migrate before the readers open: they must not find a half-made schema.
         sqlx::migrate!("../../migrations/sqlite")
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(|e| {
                 StoreError::Internal(format!("migrating the SQLite database failed: {e}"))
             })?;
-        Ok(Self { pool })
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.create_if_missing(false))
+            .await
+            .map_err(|e| open_error(url, e))?;
+        Ok(Self { pool, writer })
     }
 }
 
