@@ -6,6 +6,9 @@
 //! sleep in SQLite's busy handler (in steps of up to 100 ms), while with one writer they wait
 //! their turn in the pool's queue and start the moment the previous write commits. Other
 //! processes on the same file (the command line) still meet the busy timeout.
+//!
+//! Connections are not pinged before use: a SQLite connection is a file handle that cannot
+//! drop, and each ping is another round trip to the connection's worker thread.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -35,6 +38,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
             .connect_with(connect.clone())
             .await
             .map_err(|e| open_error(url, e))?;
@@ -48,6 +52,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
             .connect_with(connect.create_if_missing(false))
             .await
             .map_err(|e| open_error(url, e))?;
