@@ -847,6 +847,45 @@ async fn rotated_keys_are_published_at_once_and_sign_after_propagation() {
 }
 
 #[tokio::test]
+async fn a_remembered_signature_is_forgotten_when_its_key_leaves() {
+    use crate::harness::query_strings;
+    let s = setup(true).await;
+    let (_, t) = token(
+        &s,
+        &[("grant_type", "client_credentials")],
+        Some((&s.id, &s.secret)),
+    )
+    .await;
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    // The second introspection finds the signature already checked.
+    for _ in 0..2 {
+        assert_eq!(introspect(&s, &access).await["active"], true);
+    }
+    // A tampered token is not mistaken for the remembered one.
+    let mut tampered = access.clone();
+    tampered.pop();
+    tampered.push(if access.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(introspect(&s, &tampered).await["active"], false);
+
+    // Every key of the token's algorithm disappears (as if removed by hand); the token has
+    // not expired, but nothing can vouch for its signature any more.
+    let gone = query_strings(
+        &s._db,
+        "DELETE FROM signing_keys WHERE alg = 'ES256' OR alg = 'RS256' OR alg = 'EdDSA' \
+         RETURNING kid",
+    )
+    .await;
+    assert_eq!(gone.len(), 3);
+    s.server
+        .state
+        .keys
+        .reload(&*s.server.store, s.server.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(introspect(&s, &access).await["active"], false);
+}
+
+#[tokio::test]
 async fn public_clients_use_pkce_without_a_secret_and_post_works_everywhere() {
     let mut s = setup(true).await;
     let public = ClientRegistration {

@@ -383,3 +383,125 @@ async fn sqlite_runs_in_wal_mode() {
         .unwrap();
     assert_eq!(mode, "wal");
 }
+
+#[tokio::test]
+async fn an_access_token_is_active_only_while_everything_behind_it_holds() {
+    use lanyard_core::session::{NewSession, SessionSecret};
+    use lanyard_core::store::AccessTokenCheck;
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let t = UnixTime::from_secs;
+    let ada = new_user("ada", 100);
+    store
+        .create_user(&ada, &event(AuditKind::UserCreated, 100))
+        .await
+        .unwrap();
+    let client = registration("Wiki").validate(t(5)).unwrap().client;
+    let other = registration("Other").validate(t(6)).unwrap().client;
+    for c in [&client, &other] {
+        store
+            .create_client(c, &event(AuditKind::ClientCreated, 5))
+            .await
+            .unwrap();
+    }
+    let secret = SessionSecret::generate().unwrap();
+    let session = NewSession::new(&secret, ada.id.clone(), t(1000), vec!["pwd".into()]).unwrap();
+    let sid = store.create_session(&session, None, 10, &[]).await.unwrap();
+    let nobody = UserId::generate().unwrap();
+    let gone = ClientId::from_stored("no-such-client".into());
+    let good = AccessTokenCheck {
+        jti: "j1",
+        family: Some("f1"),
+        session: Some(&sid),
+        client: &client.id,
+        user: Some(&ada.id),
+        idle_cutoff: t(999),
+        lifetime_cutoff: t(0),
+    };
+    let active = async |c: AccessTokenCheck<'_>| store.access_token_active(&c).await.unwrap();
+    assert!(active(good).await);
+    // Without a session or a user (client_credentials) there is nothing more to hold.
+    let bare = AccessTokenCheck {
+        session: None,
+        user: None,
+        family: None,
+        ..good
+    };
+    assert!(active(bare).await);
+    // Each rule alone makes the token inactive.
+    for (broken, why) in [
+        (
+            AccessTokenCheck {
+                idle_cutoff: t(1000),
+                ..good
+            },
+            "idle",
+        ),
+        (
+            AccessTokenCheck {
+                lifetime_cutoff: t(1000),
+                ..good
+            },
+            "too old",
+        ),
+        (
+            AccessTokenCheck {
+                session: Some("no-such-sid"),
+                ..good
+            },
+            "no session",
+        ),
+        (
+            AccessTokenCheck {
+                user: Some(&nobody),
+                ..good
+            },
+            "no user",
+        ),
+        (
+            AccessTokenCheck {
+                client: &gone,
+                ..good
+            },
+            "no client",
+        ),
+    ] {
+        assert!(!active(broken).await, "{why}");
+    }
+
+    store.revoke_access_token("j1", t(5000)).await.unwrap();
+    assert!(!active(good).await, "jti revoked");
+    let next = AccessTokenCheck { jti: "j2", ..good };
+    assert!(active(next).await);
+    store.revoke_refresh_family("f1", t(2000)).await.unwrap();
+    assert!(!active(next).await, "family revoked");
+    let next = AccessTokenCheck {
+        family: None,
+        ..next
+    };
+    assert!(active(next).await);
+
+    store
+        .remove_client(&client.id, &event(AuditKind::ClientRemoved, 3000))
+        .await
+        .unwrap();
+    assert!(!active(next).await, "client removed");
+    let next = AccessTokenCheck {
+        client: &other.id,
+        ..next
+    };
+    assert!(active(next).await);
+    store
+        .disable_user(&ada.id, &event(AuditKind::UserDisabled, 3000))
+        .await
+        .unwrap();
+    // Disabling also ends the session; without one, the user alone decides.
+    assert!(
+        !active(AccessTokenCheck {
+            session: None,
+            ..next
+        })
+        .await,
+        "user disabled"
+    );
+}

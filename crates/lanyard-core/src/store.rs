@@ -16,6 +16,22 @@ use crate::session::{DeliveryOutcome, EndReason, LogoutDelivery, NewSession, Ses
 use crate::throttle::{AttemptOutcome, Failures, Key};
 use crate::user::{NewUser, User, UserId, Username};
 
+/// What an access token with a good signature still depends on. It is active only if its `jti`
+/// is not revoked, nor its refresh family; its session (if it names one) still exists and is
+/// within `idle_cutoff` and `lifetime_cutoff`; its client still exists; and its user (if it was
+/// issued to one) still exists and is not disabled.
+#[derive(Clone, Copy)]
+pub struct AccessTokenCheck<'a> {
+    pub jti: &'a str,
+    pub family: Option<&'a str>,
+    /// The session's public ID (`sid`).
+    pub session: Option<&'a str>,
+    pub client: &'a ClientId,
+    pub user: Option<&'a UserId>,
+    pub idle_cutoff: UnixTime,
+    pub lifetime_cutoff: UnixTime,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A unique value is taken; the text names it for the person who chose it.
@@ -223,12 +239,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lists an access token's `jti` as revoked until it would expire anyway.
     async fn revoke_access_token(&self, jti: &str, expires_at: UnixTime) -> Result<(), StoreError>;
-    /// Whether an access token was revoked, by its `jti` or through its refresh family.
-    async fn is_access_token_revoked(
-        &self,
-        jti: &str,
-        family: Option<&str>,
-    ) -> Result<bool, StoreError>;
+    /// Whether everything an access token depends on still holds, read in one statement (this
+    /// runs on every introspection and `/userinfo` request). See [`AccessTokenCheck`].
+    async fn access_token_active(&self, check: &AccessTokenCheck<'_>) -> Result<bool, StoreError>;
 
     /// The user's authenticator, confirmed or not.
     async fn totp_factor(&self, user: &UserId) -> Result<Option<TotpFactor>, StoreError>;

@@ -5,11 +5,17 @@
 //! A rotated-in key is published at once but signs only from its `activates_at`,
 //! `PROPAGATION` later, so no instance hands out a token whose key another instance's JWKS
 //! does not list yet. A rotated key stays published until every token it signed has expired.
+//!
+//! A token whose signature checked out is remembered (by its SHA-256, with its claims), so a
+//! resource server introspecting the same access token on every API call costs one signature
+//! check, not one per call. The memory is bounded, and it is forgotten as soon as a key it
+//! could have been signed with leaves the set. Only the signature is remembered: expiry,
+//! revocation and the rest are checked on every use.
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -43,6 +49,39 @@ pub struct KeySet {
     by_kid: HashMap<String, Arc<SigningKey>>,
     /// The JWKS document, rendered once per load.
     pub jwks: String,
+    /// Tokens these keys were found to have signed; shared with the next set while no key goes.
+    verified: Arc<Mutex<Verified>>,
+}
+
+/// How many checked tokens one generation holds; at most two generations are kept.
+const VERIFIED_PER_GENERATION: usize = 8192;
+
+/// Tokens whose signature checked out, by `digest(token)`, with their `typ` and claims. When
+/// the newer generation is full the older one is dropped: tokens in use keep being found (a hit
+/// in the older generation moves to the newer), and memory stays bounded.
+#[derive(Default)]
+struct Verified {
+    newer: HashMap<String, (String, serde_json::Value)>,
+    older: HashMap<String, (String, serde_json::Value)>,
+}
+
+impl Verified {
+    fn get(&mut self, id: &str, typ: &str) -> Option<serde_json::Value> {
+        if let Some((t, claims)) = self.newer.get(id) {
+            return (t == typ).then(|| claims.clone());
+        }
+        let (t, claims) = self.older.remove(id)?;
+        let found = (t == typ).then(|| claims.clone());
+        self.put(id.to_owned(), t, claims);
+        found
+    }
+
+    fn put(&mut self, id: String, typ: String, claims: serde_json::Value) {
+        if self.newer.len() >= VERIFIED_PER_GENERATION {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.newer.insert(id, (typ, claims));
+    }
 }
 
 impl KeySet {
@@ -60,6 +99,19 @@ impl KeySet {
     /// `typ` and `alg` the key's own (so `none` and algorithm swaps fail). Expiry and audience
     /// are the caller's to check.
     pub fn verify(&self, token: &str, typ: &str) -> Option<serde_json::Value> {
+        let id = lanyard_core::secret::digest(token);
+        let remembered = self.verified.lock().ok()?.get(&id, typ);
+        if remembered.is_some() {
+            return remembered;
+        }
+        let claims = self.check(token, typ)?;
+        if let Ok(mut verified) = self.verified.lock() {
+            verified.put(id, typ.to_owned(), claims.clone());
+        }
+        Some(claims)
+    }
+
+    fn check(&self, token: &str, typ: &str) -> Option<serde_json::Value> {
         let mut parts = token.split('.');
         let (h, c, s) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -105,6 +157,7 @@ impl KeyRing {
             active: HashMap::new(),
             by_kid: HashMap::new(),
             jwks: "{\"keys\":[]}".into(),
+            verified: Arc::default(),
         });
         let ring = Arc::new(Self {
             sealer,
@@ -211,10 +264,17 @@ impl KeyRing {
             "keys": stored.iter().filter_map(|k| by_kid.get(&k.kid)).map(|k| k.public_jwk()).collect::<Vec<_>>()
         })
         .to_string();
+        // What the old keys verified stays verified only if every one of them is still here.
+        let verified = if previous.by_kid.keys().all(|k| by_kid.contains_key(k)) {
+            Arc::clone(&previous.verified)
+        } else {
+            Arc::default()
+        };
         let set = Arc::new(KeySet {
             active,
             by_kid,
             jwks,
+            verified,
         });
         match self.current.write() {
             Ok(mut guard) => *guard = set,

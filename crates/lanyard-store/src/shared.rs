@@ -1447,17 +1447,31 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn is_access_token_revoked(&self, jti: &str, family: Option<&str>) -> Result<bool, StoreError> {
-                let (n,): (i64,) = sqlx::query_as(
-                    "SELECT (SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1) + \
-                     (SELECT COUNT(*) FROM refresh_family_revocations WHERE family_id = $2)",
+            async fn access_token_active(
+                &self,
+                c: &lanyard_core::store::AccessTokenCheck<'_>,
+            ) -> Result<bool, StoreError> {
+                let (active,): (i64,) = sqlx::query_as(
+                    "SELECT CAST(CASE WHEN \
+                     NOT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = $1) \
+                     AND NOT EXISTS (SELECT 1 FROM refresh_family_revocations WHERE family_id = $2) \
+                     AND ($3 IS NULL OR EXISTS (SELECT 1 FROM sessions WHERE public_id = $3 \
+                          AND last_seen_at > $6 AND created_at > $7)) \
+                     AND EXISTS (SELECT 1 FROM clients WHERE id = $4) \
+                     AND ($5 IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = $5 AND NOT disabled)) \
+                     THEN 1 ELSE 0 END AS BIGINT)",
                 )
-                .bind(jti)
-                .bind(family)
+                .bind(c.jti)
+                .bind(c.family)
+                .bind(c.session)
+                .bind(c.client.as_str())
+                .bind(c.user.map(|u| u.as_str()))
+                .bind(c.idle_cutoff.as_secs())
+                .bind(c.lifetime_cutoff.as_secs())
                 .fetch_one(&self.pool)
                 .await
                 .map_err(from_sqlx)?;
-                Ok(n > 0)
+                Ok(active == 1)
             }
 
             async fn totp_factor(&self, user: &UserId) -> Result<Option<TotpFactor>, StoreError> {
