@@ -505,3 +505,144 @@ async fn an_access_token_is_active_only_while_everything_behind_it_holds() {
         "user disabled"
     );
 }
+
+#[tokio::test]
+async fn a_refresh_token_rotates_once_however_many_race_for_it() {
+    use lanyard_core::grant::{Authentication, RefreshRedemption, RefreshToken};
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let t = UnixTime::from_secs;
+    let ada = new_user("ada", 100);
+    store
+        .create_user(&ada, &event(AuditKind::UserCreated, 100))
+        .await
+        .unwrap();
+    let client = registration("Wiki").validate(t(5)).unwrap().client;
+    store
+        .create_client(&client, &event(AuditKind::ClientCreated, 5))
+        .await
+        .unwrap();
+    let first = RefreshToken {
+        token_digest: "d0".into(),
+        family_id: "fam".into(),
+        client_id: client.id.clone(),
+        user_id: ada.id.clone(),
+        session_id: Some("sid".into()),
+        scope: "openid email".into(),
+        auth: Authentication {
+            auth_time: t(900),
+            amr: vec!["pwd".into(), "otp".into()],
+            acr: None,
+        },
+        issued_at: t(1000),
+        expires_at: t(9000),
+    };
+    store.insert_refresh_token(&first).await.unwrap();
+
+    // Eight rotations of the same token at once, each with its own successor.
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 1..=8 {
+        let store = store.clone();
+        racers.spawn(async move {
+            let next = format!("d{i}");
+            let r = store.rotate_refresh_token("d0", &next, t(2000)).await;
+            (next, r.unwrap())
+        });
+    }
+    let mut fresh = Vec::new();
+    for (next, outcome) in racers.join_all().await {
+        match outcome {
+            RefreshRedemption::Fresh(successor) => fresh.push((next, successor)),
+            RefreshRedemption::Reused { family_id } => assert_eq!(family_id, "fam"),
+            RefreshRedemption::Unknown => panic!("the token was there"),
+        }
+    }
+    assert_eq!(fresh.len(), 1, "exactly one rotation wins");
+    let (next, successor) = &fresh[0];
+    assert_eq!(&successor.token_digest, next);
+    assert_eq!(successor.family_id, "fam");
+    assert_eq!(successor.client_id, client.id);
+    assert_eq!(successor.user_id, ada.id);
+    assert_eq!(successor.session_id.as_deref(), Some("sid"));
+    assert_eq!(successor.scope, "openid email");
+    assert_eq!(successor.auth.amr, ["pwd", "otp"]);
+    assert_eq!(successor.auth.auth_time, t(900));
+    assert_eq!(successor.issued_at, t(2000));
+    assert_eq!(
+        successor.expires_at,
+        t(9000),
+        "rotation never extends a grant"
+    );
+
+    // The losers presented a used token: the family is revoked, the winner's successor with it.
+    let used = store.refresh_token("d0").await.unwrap().unwrap();
+    assert!(used.used);
+    let winner = store.refresh_token(next).await.unwrap().unwrap();
+    assert!(winner.revoked);
+    assert!(matches!(
+        store
+            .rotate_refresh_token(next, "d99", t(2001))
+            .await
+            .unwrap(),
+        RefreshRedemption::Reused { .. }
+    ));
+    assert!(matches!(
+        store
+            .rotate_refresh_token("nope", "d98", t(2001))
+            .await
+            .unwrap(),
+        RefreshRedemption::Unknown
+    ));
+}
+
+#[tokio::test]
+async fn a_grant_reads_its_user_and_session_at_once() {
+    use lanyard_core::session::{NewSession, SessionSecret};
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let t = UnixTime::from_secs;
+    let (ada, bob) = (new_user("ada", 100), new_user("bob", 100));
+    for u in [&ada, &bob] {
+        store
+            .create_user(u, &event(AuditKind::UserCreated, 100))
+            .await
+            .unwrap();
+    }
+    let secret = SessionSecret::generate().unwrap();
+    let session = NewSession::new(&secret, ada.id.clone(), t(1000), vec!["pwd".into()]).unwrap();
+    let sid = store.create_session(&session, None, 10, &[]).await.unwrap();
+    let read = async |user: &UserId, sid: Option<&str>, idle: i64, lifetime: i64| {
+        store
+            .user_with_session(user, sid, t(idle), t(lifetime))
+            .await
+            .unwrap()
+            .map(|(u, alive)| (u.username.as_str().to_owned(), alive))
+    };
+    assert_eq!(
+        read(&ada.id, Some(&sid), 999, 0).await,
+        Some(("ada".into(), true))
+    );
+    assert_eq!(
+        read(&ada.id, Some(&sid), 1000, 0).await,
+        Some(("ada".into(), false)),
+        "idle"
+    );
+    assert_eq!(
+        read(&ada.id, Some(&sid), 999, 1000).await,
+        Some(("ada".into(), false)),
+        "old"
+    );
+    assert_eq!(
+        read(&ada.id, None, 999, 0).await,
+        Some(("ada".into(), false))
+    );
+    // Another user's session is never this user's.
+    assert_eq!(
+        read(&bob.id, Some(&sid), 999, 0).await,
+        Some(("bob".into(), false))
+    );
+    assert_eq!(
+        read(&UserId::generate().unwrap(), Some(&sid), 999, 0).await,
+        None
+    );
+}

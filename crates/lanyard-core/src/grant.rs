@@ -83,7 +83,7 @@ impl RefreshToken {
 /// The outcome of presenting a refresh token.
 #[derive(Debug)]
 pub enum RefreshRedemption {
-    /// First use: the token, now marked used.
+    /// First use: the token is now marked used, and this is its successor (the same grant).
     Fresh(Box<RefreshToken>),
     /// Used before (or revoked): the whole family has now been revoked.
     Reused {

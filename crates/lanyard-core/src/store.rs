@@ -73,6 +73,15 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: &NewUser, event: &NewAuditEvent) -> Result<(), StoreError>;
     async fn user_by_username(&self, username: &Username) -> Result<Option<User>, StoreError>;
     async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+    /// The user, and whether their session `session` (when given) exists and is within
+    /// `idle_cutoff` and `lifetime_cutoff`, in one read: what a token grant checks.
+    async fn user_with_session(
+        &self,
+        id: &UserId,
+        session: Option<&str>,
+        idle_cutoff: UnixTime,
+        lifetime_cutoff: UnixTime,
+    ) -> Result<Option<(User, bool)>, StoreError>;
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
     /// Disables the user and ends all their sessions; false when there is no such user.
     async fn disable_user(&self, id: &UserId, event: &NewAuditEvent) -> Result<bool, StoreError>;
@@ -219,9 +228,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<(), StoreError>;
-    /// Consumes a refresh token and, in the same transaction, stores its successor (same
-    /// family, scope and expiry) under `new_digest`. A used or revoked token revokes its whole
-    /// family instead.
+    /// Consumes a refresh token and, atomically, stores its successor (same family, scope and
+    /// expiry) under `new_digest`, returning the successor. A used or revoked token revokes its
+    /// whole family instead.
     async fn rotate_refresh_token(
         &self,
         digest: &str,

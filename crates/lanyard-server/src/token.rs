@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::client_auth::{JsonError, authenticate, single_params};
-use crate::session::live_session;
 
 /// The claims of a Lanyard access token (RFC 9068 §2.2).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -159,14 +158,14 @@ async fn code_grant(
             ));
         }
     }
+    let (user, session_alive) = live_user(state, &record.user_id, Some(&record.session_id)).await?;
     // The session the code was issued under must still be alive.
-    if live_session(state, &record.session_id).await?.is_none() {
+    if !session_alive {
         return Err(err(
             ErrorCode::InvalidGrant,
             "the sign-in behind this code has ended",
         ));
     }
-    let user = live_user(state, &record.user_id).await?;
     let scope = Scope::parse(&record.scope);
     let refresh = if client.allows(GrantType::RefreshToken) {
         let secret = random_token(32)?;
@@ -237,12 +236,13 @@ async fn refresh_grant(
     if token.client_id != client.id || now >= token.expires_at {
         return refuse(invalid()).await;
     }
-    let session = match &token.session_id {
-        Some(sid) => live_session(state, sid).await?,
-        None => None,
-    };
+    let (user, session_alive) =
+        match live_user(state, &token.user_id, token.session_id.as_deref()).await {
+            Ok(found) => found,
+            Err(e) => return refuse(e).await,
+        };
     // offline_access tokens may outlive their session; their new tokens then carry no `sid`.
-    if session.is_none() && !state.config.tokens.outlives_session(&token) {
+    if !session_alive && !state.config.tokens.outlives_session(&token) {
         return refuse(err(
             ErrorCode::InvalidGrant,
             "the sign-in behind this token has ended",
@@ -266,11 +266,7 @@ async fn refresh_grant(
         }
         None => granted,
     };
-    let user = match live_user(state, &token.user_id).await {
-        Ok(u) => u,
-        Err(e) => return refuse(e).await,
-    };
-    let sid = session.as_ref().map(|s| s.public_id.as_str());
+    let sid = token.session_id.as_deref().filter(|_| session_alive);
     let grant = Grant {
         client,
         user: &user,
@@ -340,9 +336,26 @@ async fn client_credentials(
     )
 }
 
-async fn live_user(state: &AppState, id: &UserId) -> Result<User, JsonError> {
-    match state.store.user_by_id(id).await? {
-        Some(u) if !u.disabled => Ok(u),
+/// The user behind a grant, who must exist and not be disabled, and whether the grant's
+/// session is alive: one database read.
+async fn live_user(
+    state: &AppState,
+    id: &UserId,
+    session: Option<&str>,
+) -> Result<(User, bool), JsonError> {
+    let now = state.clock.now();
+    let policy = state.config.session.policy();
+    let found = state
+        .store
+        .user_with_session(
+            id,
+            session,
+            policy.idle_cutoff(now),
+            policy.lifetime_cutoff(now),
+        )
+        .await?;
+    match found {
+        Some((u, session_alive)) if !u.disabled => Ok((u, session_alive)),
         _ => Err(err(
             ErrorCode::InvalidGrant,
             "the user no longer exists or is disabled",

@@ -45,5 +45,19 @@ impl_store!(
     "postgres",
     begin: "BEGIN",
     lock_user: "SELECT id FROM users WHERE id = $1 FOR UPDATE",
-    skip_locked: "FOR UPDATE SKIP LOCKED"
+    skip_locked: "FOR UPDATE SKIP LOCKED",
+    // The old token's UPDATE feeds its successor's INSERT: one statement, atomic. Of two
+    // rotations racing on one token, the second waits for the first's row lock, then finds the
+    // token used and updates nothing.
+    rotate: concat!(
+        "WITH used AS (UPDATE refresh_tokens SET used_at = $3 WHERE token_digest = $1 \
+         AND used_at IS NULL AND revoked_at IS NULL AND NOT EXISTS \
+         (SELECT 1 FROM refresh_family_revocations r WHERE r.family_id = refresh_tokens.family_id) \
+         RETURNING family_id, client_id, user_id, session_id, scope, auth_time, amr, acr, expires_at) \
+         INSERT INTO refresh_tokens (",
+        refresh_columns!(),
+        ", rotated_from) SELECT $2, family_id, client_id, user_id, session_id, scope, auth_time, \
+         amr, acr, $3, expires_at, $1 FROM used RETURNING ",
+        refresh_columns!()
+    )
 );

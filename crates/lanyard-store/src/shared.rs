@@ -51,6 +51,19 @@ impl From<UserRow> for User {
 }
 
 #[derive(sqlx::FromRow)]
+pub(crate) struct UserWithSessionRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    session_alive: i64,
+}
+
+impl From<UserWithSessionRow> for (User, bool) {
+    fn from(r: UserWithSessionRow) -> Self {
+        (r.user.into(), r.session_alive == 1)
+    }
+}
+
+#[derive(sqlx::FromRow)]
 pub(crate) struct ClientRow {
     id: String,
     name: String,
@@ -422,7 +435,7 @@ pub(crate) fn join<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 /// `sqlx::Pool<$db>`: statements that write, and every transaction, run on `writer`; plain
 /// reads run on `pool`.
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $backend:literal, begin: $begin:literal, lock_user: $lock_user:literal, skip_locked: $skip_locked:literal) => {
+    ($store:ty, $db:ty, $backend:literal, begin: $begin:literal, lock_user: $lock_user:literal, skip_locked: $skip_locked:literal, rotate: $rotate:expr) => {
         use lanyard_core::UnixTime;
         use lanyard_core::audit::{AuditEvent, NewAuditEvent};
         use lanyard_core::client::{Client, ClientId};
@@ -440,7 +453,7 @@ macro_rules! impl_store {
 
         use crate::shared::{
             AuditRow, ClientRow, CodeRow, EndedRow, KeyRow, PendingRow, RefreshRow, RefreshStateRow,
-            DeliveryRow, SessionRow, UserRow, WebauthnRow,
+            DeliveryRow, SessionRow, UserRow, UserWithSessionRow, WebauthnRow,
             ended_event, join,
         };
 
@@ -658,6 +671,28 @@ macro_rules! impl_store {
                     .await
                     .map_err(from_sqlx)?;
                 Ok(row.map(User::from))
+            }
+
+            async fn user_with_session(
+                &self,
+                id: &UserId,
+                session: Option<&str>,
+                idle_cutoff: UnixTime,
+                lifetime_cutoff: UnixTime,
+            ) -> Result<Option<(User, bool)>, StoreError> {
+                let row = sqlx::query_as::<_, UserWithSessionRow>(concat!(
+                    "SELECT ", user_columns!(), ", CAST(CASE WHEN EXISTS (SELECT 1 FROM sessions \
+                     WHERE public_id = $2 AND user_id = $1 AND last_seen_at > $3 AND created_at > $4) \
+                     THEN 1 ELSE 0 END AS BIGINT) AS session_alive FROM users WHERE id = $1"
+                ))
+                .bind(id.as_str())
+                .bind(session)
+                .bind(idle_cutoff.as_secs())
+                .bind(lifetime_cutoff.as_secs())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(row.map(Into::into))
             }
 
             async fn list_users(&self) -> Result<Vec<User>, StoreError> {
@@ -1353,35 +1388,17 @@ macro_rules! impl_store {
                 new_digest: &str,
                 now: UnixTime,
             ) -> Result<RefreshRedemption, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
-                let fresh = sqlx::query_as::<_, RefreshRow>(concat!(
-                    "UPDATE refresh_tokens SET used_at = $2 WHERE token_digest = $1 \
-                     AND used_at IS NULL AND revoked_at IS NULL AND NOT EXISTS \
-                     (SELECT 1 FROM refresh_family_revocations r WHERE r.family_id = refresh_tokens.family_id) \
-                     RETURNING ",
-                    refresh_columns!()
-                ))
-                .bind(digest)
-                .bind(now.as_secs())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(from_sqlx)?;
-                if let Some(row) = fresh {
-                    sqlx::query(concat!(
-                        "INSERT INTO refresh_tokens (", refresh_columns!(), ") SELECT $2, family_id, \
-                         client_id, user_id, session_id, scope, auth_time, amr, acr, $3, expires_at \
-                         FROM refresh_tokens WHERE token_digest = $1"
-                    ))
+                // One statement, one round trip (see `$rotate` in each backend).
+                let fresh = sqlx::query_as::<_, RefreshRow>($rotate)
                     .bind(digest)
                     .bind(new_digest)
                     .bind(now.as_secs())
-                    .execute(&mut *tx)
+                    .fetch_optional(&self.writer)
                     .await
                     .map_err(from_sqlx)?;
-                    tx.commit().await.map_err(from_sqlx)?;
+                if let Some(row) = fresh {
                     return Ok(RefreshRedemption::Fresh(Box::new(row.into())));
                 }
-                tx.commit().await.map_err(from_sqlx)?;
                 let family: Option<(String,)> =
                     sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_digest = $1")
                         .bind(digest)

@@ -70,5 +70,17 @@ impl_store!(
     // upgrade when another writer committed meanwhile (SQLITE_BUSY, busy_timeout or not).
     begin: "BEGIN IMMEDIATE",
     lock_user: "SELECT id FROM users WHERE id = $1",
-    skip_locked: ""
+    skip_locked: "",
+    // The successor's insert selects the old token only if it is usable, and a trigger marks the
+    // old token used (migration 0008): one statement, atomic.
+    rotate: concat!(
+        "INSERT INTO refresh_tokens (",
+        refresh_columns!(),
+        ", rotated_from) SELECT $2, family_id, client_id, user_id, session_id, scope, auth_time, \
+         amr, acr, $3, expires_at, $1 FROM refresh_tokens WHERE token_digest = $1 \
+         AND used_at IS NULL AND revoked_at IS NULL AND NOT EXISTS \
+         (SELECT 1 FROM refresh_family_revocations r WHERE r.family_id = refresh_tokens.family_id) \
+         RETURNING ",
+        refresh_columns!()
+    )
 );

@@ -1,0 +1,11 @@
+-- A rotation is one statement: inserting the successor, with `rotated_from` naming the token it
+-- replaces, marks that token used in the same statement (and so the same implicit
+-- transaction). The insert selects only a token that is unused, unrevoked and of a live family,
+-- so of two rotations racing on one token exactly one inserts.
+ALTER TABLE refresh_tokens ADD COLUMN rotated_from TEXT;
+
+CREATE TRIGGER refresh_tokens_rotation AFTER INSERT ON refresh_tokens
+WHEN NEW.rotated_from IS NOT NULL
+BEGIN
+    UPDATE refresh_tokens SET used_at = NEW.issued_at WHERE token_digest = NEW.rotated_from;
+END;
