@@ -1264,3 +1264,41 @@ async fn control_characters_and_public_client_consent() {
         .expect_err("the login form");
     assert!(page.body.contains("action=\"/login\""));
 }
+
+#[tokio::test]
+async fn a_removed_client_gets_nothing_more() {
+    let mut s = setup(true).await;
+    let t = signed_in_tokens(&mut s, "openid offline_access").await;
+    let (refresh_token, access) = (
+        t["refresh_token"].as_str().unwrap().to_owned(),
+        t["access_token"].as_str().unwrap().to_owned(),
+    );
+    let credentials = [("grant_type", "client_credentials")];
+    let (status, _) = token(&s, &credentials, Some((&s.id, &s.secret))).await;
+    assert_eq!(status, 200);
+    assert_eq!(userinfo_status(&s, &access).await, 200);
+
+    let removed = s
+        .server
+        .store
+        .remove_client(
+            &lanyard_core::client::ClientId::from_stored(s.id.clone()),
+            &lanyard_core::audit::NewAuditEvent::new(
+                s.server.clock.now(),
+                lanyard_core::audit::AuditKind::ClientRemoved,
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(removed);
+    // At once, even while client authentication may still remember the client: its grants went
+    // with it, and its tokens no longer pass.
+    let (status, body) = refresh(&s, &refresh_token, None).await;
+    assert!(status == 400 || status == 401, "{status} {body}");
+    assert_eq!(userinfo_status(&s, &access).await, 401);
+    // Within a second, client authentication forgets it too.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = token(&s, &credentials, Some((&s.id, &s.secret))).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid_client");
+}

@@ -3,6 +3,7 @@
 //! error responses (RFC 6749 §5.2).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -89,7 +90,7 @@ pub(crate) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-) -> Result<Client, OAuthError> {
+) -> Result<Arc<Client>, OAuthError> {
     let invalid = OAuthError::new(ErrorCode::InvalidClient, "client authentication failed");
     let basic = headers
         .get(header::AUTHORIZATION)
@@ -133,8 +134,8 @@ pub(crate) async fn authenticate(
         }
     };
     let client = state
-        .store
-        .client_by_id(&ClientId::from_stored(id))
+        .clients
+        .get(&*state.store, &ClientId::from_stored(id))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "client lookup failed");

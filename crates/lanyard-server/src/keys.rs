@@ -54,7 +54,7 @@ pub struct KeySet {
 }
 
 /// How many checked tokens one generation holds; at most two generations are kept.
-const VERIFIED_PER_GENERATION: usize = 8192;
+const VERIFIED_PER_GENERATION: usize = 4096;
 
 /// Tokens whose signature checked out, by `digest(token)`, with their `typ` and claims. When
 /// the newer generation is full the older one is dropped: tokens in use keep being found (a hit

@@ -6,6 +6,7 @@
 mod account;
 mod authorize;
 mod client_auth;
+mod clients;
 pub mod config;
 mod discovery;
 mod end_session;

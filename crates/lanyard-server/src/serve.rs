@@ -47,6 +47,8 @@ pub struct AppState {
     pub webauthn: Arc<webauthn_rs::Webauthn>,
     pub audit_gate: Arc<AuditGate>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Clients as client authentication last read them (see `clients`).
+    pub clients: Arc<crate::clients::ClientCache>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
             metrics: Arc::new(
                 crate::metrics::Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?,
             ),
+            clients: Arc::default(),
         })
     }
 }
