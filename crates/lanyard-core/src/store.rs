@@ -119,6 +119,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<String, StoreError>;
     /// The session whose ID has this digest, if it exists.
     async fn session_by_digest(&self, digest: &str) -> Result<Option<Session>, StoreError>;
+    /// The session whose ID has this digest, with its user, in one read: what every signed-in
+    /// request looks up.
+    async fn session_with_user(&self, digest: &str) -> Result<Option<(Session, User)>, StoreError>;
     /// Records that the session was used at `now`.
     async fn touch_session(&self, digest: &str, now: UnixTime) -> Result<(), StoreError>;
     /// Clears the one-time notice of a session.

@@ -93,7 +93,7 @@ pub(crate) async fn signed_in(
         return Ok(None);
     };
     let digest = secret.digest();
-    let Some(session) = state.store.session_by_digest(&digest).await? else {
+    let Some((session, user)) = state.store.session_with_user(&digest).await? else {
         return Ok(None);
     };
     let now = state.clock.now();
@@ -110,9 +110,6 @@ pub(crate) async fn signed_in(
             Ok(None)
         }
         Verdict::Valid { touch } => {
-            let Some(user) = state.store.user_by_id(&session.user_id).await? else {
-                return Ok(None);
-            };
             if user.disabled {
                 return Ok(None);
             }

@@ -59,5 +59,15 @@ impl_store!(
         ", rotated_from) SELECT $2, family_id, client_id, user_id, session_id, scope, auth_time, \
          amr, acr, $3, expires_at, $1 FROM used RETURNING ",
         refresh_columns!()
+    ),
+    // The code's INSERT feeds the session's client record.
+    insert_code: concat!(
+        "WITH code AS (INSERT INTO authorization_codes (",
+        code_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         RETURNING session_id, client_id, created_at) \
+         INSERT INTO session_clients (session_id, client_id, first_at) \
+         SELECT session_id, client_id, created_at FROM code \
+         ON CONFLICT (session_id, client_id) DO NOTHING"
     )
 );

@@ -130,6 +130,34 @@ pub(crate) struct SessionRow {
     notice: Option<String>,
 }
 
+/// A session joined with its user; the user's columns that the session repeats are left out.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SessionUserRow {
+    #[sqlx(flatten)]
+    session: SessionRow,
+    username: String,
+    email: String,
+    display_name: Option<String>,
+    password_hash: String,
+    disabled: bool,
+    user_created_at: i64,
+}
+
+impl From<SessionUserRow> for (Session, User) {
+    fn from(r: SessionUserRow) -> Self {
+        let user = UserRow {
+            id: r.session.user_id.clone(),
+            username: r.username,
+            email: r.email,
+            display_name: r.display_name,
+            password_hash: r.password_hash,
+            disabled: r.disabled,
+            created_at: r.user_created_at,
+        };
+        (r.session.into(), user.into())
+    }
+}
+
 impl From<SessionRow> for Session {
     fn from(r: SessionRow) -> Self {
         Session {
@@ -435,7 +463,7 @@ pub(crate) fn join<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 /// `sqlx::Pool<$db>`: statements that write, and every transaction, run on `writer`; plain
 /// reads run on `pool`.
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $backend:literal, begin: $begin:literal, lock_user: $lock_user:literal, skip_locked: $skip_locked:literal, rotate: $rotate:expr) => {
+    ($store:ty, $db:ty, $backend:literal, begin: $begin:literal, lock_user: $lock_user:literal, skip_locked: $skip_locked:literal, rotate: $rotate:expr, insert_code: $insert_code:expr) => {
         use lanyard_core::UnixTime;
         use lanyard_core::audit::{AuditEvent, NewAuditEvent};
         use lanyard_core::client::{Client, ClientId};
@@ -453,7 +481,7 @@ macro_rules! impl_store {
 
         use crate::shared::{
             AuditRow, ClientRow, CodeRow, EndedRow, KeyRow, PendingRow, RefreshRow, RefreshStateRow,
-            DeliveryRow, SessionRow, UserRow, UserWithSessionRow, WebauthnRow,
+            DeliveryRow, SessionRow, SessionUserRow, UserRow, UserWithSessionRow, WebauthnRow,
             ended_event, join,
         };
 
@@ -919,6 +947,20 @@ macro_rules! impl_store {
                 Ok(public_id)
             }
 
+            async fn session_with_user(&self, digest: &str) -> Result<Option<(Session, User)>, StoreError> {
+                let row = sqlx::query_as::<_, SessionUserRow>(
+                    "SELECT s.public_id, s.user_id, s.created_at, s.auth_time, s.last_seen_at, s.amr, \
+                     s.ip, s.user_agent, s.notice, u.username, u.email, u.display_name, \
+                     u.password_hash, u.disabled, u.created_at AS user_created_at \
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_digest = $1",
+                )
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(row.map(Into::into))
+            }
+
             async fn session_by_digest(&self, digest: &str) -> Result<Option<Session>, StoreError> {
                 let row = sqlx::query_as::<_, SessionRow>(concat!(
                     "SELECT ", session_columns!(), " FROM sessions WHERE id_digest = $1"
@@ -1209,11 +1251,8 @@ macro_rules! impl_store {
             }
 
             async fn insert_code(&self, c: &AuthorizationCode) -> Result<(), StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
-                sqlx::query(concat!(
-                    "INSERT INTO authorization_codes (", code_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-                ))
+                // One statement that also records the session's client (see `$insert_code`).
+                sqlx::query($insert_code)
                 .bind(c.code_digest.as_str())
                 .bind(c.client_id.as_str())
                 .bind(c.user_id.as_str())
@@ -1227,20 +1266,10 @@ macro_rules! impl_store {
                 .bind(c.auth.acr.as_deref())
                 .bind(c.created_at.as_secs())
                 .bind(c.expires_at.as_secs())
-                .execute(&mut *tx)
+                .execute(&self.writer)
                 .await
                 .map_err(from_sqlx)?;
-                sqlx::query(
-                    "INSERT INTO session_clients (session_id, client_id, first_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (session_id, client_id) DO NOTHING",
-                )
-                .bind(c.session_id.as_str())
-                .bind(c.client_id.as_str())
-                .bind(c.created_at.as_secs())
-                .execute(&mut *tx)
-                .await
-                .map_err(from_sqlx)?;
-                tx.commit().await.map_err(from_sqlx)
+                Ok(())
             }
 
             async fn session_clients(&self, public_id: &str) -> Result<Vec<ClientId>, StoreError> {

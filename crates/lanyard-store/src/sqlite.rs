@@ -82,5 +82,11 @@ impl_store!(
          (SELECT 1 FROM refresh_family_revocations r WHERE r.family_id = refresh_tokens.family_id) \
          RETURNING ",
         refresh_columns!()
+    ),
+    // A trigger records the session's client (migration 0008).
+    insert_code: concat!(
+        "INSERT INTO authorization_codes (",
+        code_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     )
 );

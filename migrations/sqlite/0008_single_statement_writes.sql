@@ -9,3 +9,11 @@ WHEN NEW.rotated_from IS NOT NULL
 BEGIN
     UPDATE refresh_tokens SET used_at = NEW.issued_at WHERE token_digest = NEW.rotated_from;
 END;
+
+-- Issuing a code records, in the same statement, that its client now shares the session (who
+-- to tell when the session ends).
+CREATE TRIGGER authorization_codes_session_client AFTER INSERT ON authorization_codes
+BEGIN
+    INSERT OR IGNORE INTO session_clients (session_id, client_id, first_at)
+    VALUES (NEW.session_id, NEW.client_id, NEW.created_at);
+END;
