@@ -1,3 +1,7 @@
+-- Nothing read refresh tokens by session; ending a user's offline grants reads them by user.
+DROP INDEX refresh_tokens_by_session;
+CREATE INDEX refresh_tokens_by_user ON refresh_tokens (user_id);
+
 -- A rotation is one statement: inserting the successor, with `rotated_from` naming the token it
 -- replaces, marks that token used in the same statement (and so the same implicit
 -- transaction). The insert selects only a token that is unused, unrevoked and of a live family,
