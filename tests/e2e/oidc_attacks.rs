@@ -1296,6 +1296,12 @@ async fn a_removed_client_gets_nothing_more() {
     let (status, body) = refresh(&s, &refresh_token, None).await;
     assert!(status == 400 || status == 401, "{status} {body}");
     assert_eq!(userinfo_status(&s, &access).await, 401);
+    // A signed-in user sent by the removed app gets a page saying so, never a code.
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let url = authorize_url(&s, &good_params(&s, challenge.as_str()));
+    let page = s.browser.open(&url).await;
+    assert_eq!(page.status, 400, "{}", page.body);
+    assert!(page.body.contains("not registered"), "{}", page.body);
     // Within a second, client authentication forgets it too.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (status, body) = token(&s, &credentials, Some((&s.id, &s.secret))).await;

@@ -418,7 +418,16 @@ async fn an_access_token_is_active_only_while_everything_behind_it_holds() {
         idle_cutoff: t(999),
         lifetime_cutoff: t(0),
     };
-    let active = async |c: AccessTokenCheck<'_>| store.access_token_active(&c).await.unwrap();
+    // Both reads agree: the bare rule, and the one that also returns the user.
+    let active = async |c: AccessTokenCheck<'_>| {
+        let active = store.access_token_active(&c).await.unwrap();
+        if c.user.is_some() {
+            let user = store.active_token_user(&c).await.unwrap();
+            assert_eq!(user.is_some(), active);
+            assert!(user.is_none_or(|u| Some(&u.id) == c.user));
+        }
+        active
+    };
     assert!(active(good).await);
     // Without a session or a user (client_credentials) there is nothing more to hold.
     let bare = AccessTokenCheck {

@@ -254,6 +254,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether everything an access token depends on still holds, read in one statement (this
     /// runs on every introspection and `/userinfo` request). See [`AccessTokenCheck`].
     async fn access_token_active(&self, check: &AccessTokenCheck<'_>) -> Result<bool, StoreError>;
+    /// The token's user if the token is active (`check.user` names them), in the same one read:
+    /// what `/userinfo` needs.
+    async fn active_token_user(
+        &self,
+        check: &AccessTokenCheck<'_>,
+    ) -> Result<Option<User>, StoreError>;
 
     /// The user's authenticator, confirmed or not.
     async fn totp_factor(&self, user: &UserId) -> Result<Option<TotpFactor>, StoreError>;

@@ -161,8 +161,8 @@ async fn authorize(
         ));
     };
     let Some(client) = state
-        .store
-        .client_by_id(&ClientId::from_stored(client_id.to_owned()))
+        .clients
+        .get(&*state.store, &ClientId::from_stored(client_id.to_owned()))
         .await?
     else {
         return Err(PageError::BadRequest(
@@ -452,7 +452,15 @@ async fn proceed(
         created_at: now,
         expires_at: now.saturating_add(CODE_LIFETIME),
     };
-    state.store.insert_code(&record).await?;
+    if let Err(e) = state.store.insert_code(&record).await {
+        // The client may have been removed since it was looked up (see `clients`).
+        if state.store.client_by_id(&client.id).await?.is_none() {
+            return Err(PageError::BadRequest(
+                "This app is not registered with Lanyard.",
+            ));
+        }
+        return Err(e.into());
+    }
     Ok(reply.send(&[("code", &code)]))
 }
 

@@ -1,14 +1,16 @@
-//! Clients as client authentication sees them, kept in memory for a moment.
+//! Clients as client authentication and `/authorize` see them, kept in memory for a moment.
 //!
-//! Every call to `/token`, `/introspect` and `/revoke` authenticates its client, so a busy app
-//! would otherwise cost one database read per call just to find its own row. Client rows never
+//! Every call to `/token`, `/introspect` and `/revoke` authenticates its client, and every
+//! authorization request names one, so a busy app would otherwise cost one database read per
+//! call just to find its own row. Client rows never
 //! change once written (they are only added and removed), so a remembered client is exact until
 //! it is removed; it is remembered for [`TTL`] at most, which bounds how long a removal takes to
 //! reach client authentication on every instance, with no messaging between them.
 //!
 //! Nothing a removed client could do in that window outlives it: its codes and refresh tokens
-//! are deleted with it (so `/token` finds nothing to exchange), and introspection and
-//! `/userinfo` check in the database that a token's client still exists. An access token a
+//! are deleted with it (so `/token` finds nothing to exchange), a code for it cannot be stored
+//! (`/authorize` then says the app is not registered), and introspection and `/userinfo` check
+//! in the database that a token's client still exists. An access token a
 //! resource server validates on its own stays valid until it expires, but that was already true
 //! of every token issued before the removal. Unknown client IDs are not remembered, so a new
 //! client works at once and guessed IDs take no memory.

@@ -31,32 +31,50 @@ fn verify_signature(state: &AppState, token: &str) -> Option<AccessClaims> {
     (claims.iss == state.config.issuer.as_str() && claims.exp > now).then_some(claims)
 }
 
+/// Whom an access token's claims name.
+struct TokenParties {
+    client: ClientId,
+    /// `None` for a client_credentials token, whose subject is its client.
+    user: Option<UserId>,
+}
+
+impl TokenParties {
+    fn of(claims: &AccessClaims) -> Self {
+        Self {
+            client: ClientId::from_stored(claims.client_id.clone()),
+            user: (claims.sub != claims.client_id).then(|| UserId::from_stored(claims.sub.clone())),
+        }
+    }
+
+    /// What the token's activity depends on in the database (see `AccessTokenCheck`). A
+    /// removed client's tokens, and a disabled user's, stop working at once.
+    fn check<'a>(&'a self, state: &AppState, claims: &'a AccessClaims) -> AccessTokenCheck<'a> {
+        let now = state.clock.now();
+        let policy = state.config.session.policy();
+        AccessTokenCheck {
+            jti: &claims.jti,
+            family: claims.fam.as_deref(),
+            session: claims.sid.as_deref(),
+            client: &self.client,
+            user: self.user.as_ref(),
+            idle_cutoff: policy.idle_cutoff(now),
+            lifetime_cutoff: policy.lifetime_cutoff(now),
+        }
+    }
+}
+
 /// An access token that is active now: one signature check (remembered, see `keys`) and one
 /// database read, however many rules there are.
 async fn active_access(state: &AppState, token: &str) -> Result<Option<AccessClaims>, JsonError> {
     let Some(claims) = verify_signature(state, token) else {
         return Ok(None);
     };
-    let now = state.clock.now();
-    let policy = state.config.session.policy();
-    let client = ClientId::from_stored(claims.client_id.clone());
-    // A client_credentials token's subject is its client, not a user.
-    let user = (claims.sub != claims.client_id).then(|| UserId::from_stored(claims.sub.clone()));
-    let check = AccessTokenCheck {
-        jti: &claims.jti,
-        family: claims.fam.as_deref(),
-        session: claims.sid.as_deref(),
-        // A removed client's tokens, and a disabled user's, stop working at once.
-        client: &client,
-        user: user.as_ref(),
-        idle_cutoff: policy.idle_cutoff(now),
-        lifetime_cutoff: policy.lifetime_cutoff(now),
-    };
-    Ok(state
+    let parties = TokenParties::of(&claims);
+    let active = state
         .store
-        .access_token_active(&check)
-        .await?
-        .then_some(claims))
+        .access_token_active(&parties.check(state, &claims))
+        .await?;
+    Ok(active.then_some(claims))
 }
 
 fn bearer_error(description: &'static str) -> Response {
@@ -101,11 +119,22 @@ pub(crate) async fn userinfo(
             return Ok(r);
         }
     };
-    let Some(claims) = active_access(&state, &token).await? else {
-        return Ok(bearer_error(
-            "the access token is invalid, expired or revoked",
-        ));
+    let inactive = || bearer_error("the access token is invalid, expired or revoked");
+    let Some(claims) = verify_signature(&state, &token) else {
+        return Ok(inactive());
     };
+    // One read: the rules and, for a user's token, the user to describe.
+    let parties = TokenParties::of(&claims);
+    let check = parties.check(&state, &claims);
+    let user = match parties.user {
+        Some(_) => state.store.active_token_user(&check).await?,
+        None => None,
+    };
+    if user.is_none()
+        && (parties.user.is_some() || !state.store.access_token_active(&check).await?)
+    {
+        return Ok(inactive());
+    }
     let scope = Scope::parse(&claims.scope);
     if !scope.contains("openid") {
         let mut r = JsonError(OAuthError::new(
@@ -119,16 +148,10 @@ pub(crate) async fn userinfo(
         );
         return Ok(r);
     }
-    let Some(user) = state
-        .store
-        .user_by_id(&UserId::from_stored(claims.sub.clone()))
-        .await?
-    else {
-        return Ok(bearer_error("the user no longer exists"));
+    // A client's own token never carries `openid` (client_credentials has no user scopes).
+    let Some(user) = user else {
+        return Ok(inactive());
     };
-    if user.disabled {
-        return Ok(bearer_error("the user is disabled"));
-    }
     let mut body = json!({"sub": user.id.as_str()});
     user_claims(&mut body, &user, &scope);
     Ok((

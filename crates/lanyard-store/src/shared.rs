@@ -25,6 +25,18 @@ macro_rules! client_columns {
     };
 }
 
+/// What an access token's activity depends on besides its user (`AccessTokenCheck`), as a
+/// condition: $1 jti, $2 family, $3 session, $4 client, $6 idle cutoff, $7 lifetime cutoff.
+macro_rules! access_token_active {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = $1) \
+         AND NOT EXISTS (SELECT 1 FROM refresh_family_revocations WHERE family_id = $2) \
+         AND ($3 IS NULL OR EXISTS (SELECT 1 FROM sessions WHERE public_id = $3 \
+              AND last_seen_at > $6 AND created_at > $7)) \
+         AND EXISTS (SELECT 1 FROM clients WHERE id = $4)"
+    };
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct UserRow {
     id: String,
@@ -1493,20 +1505,36 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn active_token_user(
+                &self,
+                c: &lanyard_core::store::AccessTokenCheck<'_>,
+            ) -> Result<Option<User>, StoreError> {
+                let row = sqlx::query_as::<_, UserRow>(concat!(
+                    "SELECT ", user_columns!(), " FROM users WHERE id = $5 AND NOT disabled AND ",
+                    access_token_active!()
+                ))
+                .bind(c.jti)
+                .bind(c.family)
+                .bind(c.session)
+                .bind(c.client.as_str())
+                .bind(c.user.map(|u| u.as_str()))
+                .bind(c.idle_cutoff.as_secs())
+                .bind(c.lifetime_cutoff.as_secs())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+                Ok(row.map(User::from))
+            }
+
             async fn access_token_active(
                 &self,
                 c: &lanyard_core::store::AccessTokenCheck<'_>,
             ) -> Result<bool, StoreError> {
-                let (active,): (i64,) = sqlx::query_as(
-                    "SELECT CAST(CASE WHEN \
-                     NOT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = $1) \
-                     AND NOT EXISTS (SELECT 1 FROM refresh_family_revocations WHERE family_id = $2) \
-                     AND ($3 IS NULL OR EXISTS (SELECT 1 FROM sessions WHERE public_id = $3 \
-                          AND last_seen_at > $6 AND created_at > $7)) \
-                     AND EXISTS (SELECT 1 FROM clients WHERE id = $4) \
+                let (active,): (i64,) = sqlx::query_as(concat!(
+                    "SELECT CAST(CASE WHEN ", access_token_active!(), " \
                      AND ($5 IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = $5 AND NOT disabled)) \
                      THEN 1 ELSE 0 END AS BIGINT)",
-                )
+                ))
                 .bind(c.jti)
                 .bind(c.family)
                 .bind(c.session)
