@@ -30,6 +30,8 @@ struct Measured {
     errors: u64,
     per_second: f64,
     p99_ms: f64,
+    cpu_ms_per_op: Option<f64>,
+    peak_rss_kib: Option<u64>,
     note: Option<String>,
 }
 
@@ -237,18 +239,28 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let mut failures = Vec::new();
 
     println!(
-        "{:<2} {:<30} {:>10} {:>10} {:>7} {:>9} {:>9}",
-        "#", "workload", "Lanyard/s", "peer/s", "ratio", "L p99 ms", "P p99 ms"
+        "{:<2} {:<30} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "#",
+        "workload",
+        "Lanyard/s",
+        "peer/s",
+        "ratio",
+        "L p99 ms",
+        "P p99 ms",
+        "L cpu ms",
+        "P cpu ms",
+        "L MiB",
+        "P MiB"
     );
     for (w, ours, theirs) in rows {
-        let median = |rs: &[Measured], f: fn(&Measured) -> f64| {
-            let mut v: Vec<f64> = rs.iter().filter(|r| r.ops > 0).map(f).collect();
+        let median = |rs: &[Measured], f: fn(&Measured) -> Option<f64>| {
+            let mut v: Vec<f64> = rs.iter().filter(|r| r.ops > 0).filter_map(f).collect();
             v.sort_by(f64::total_cmp);
             v.get(v.len() / 2).copied()
         };
         let (l, p) = (
-            median(&ours, |r| r.per_second),
-            median(&theirs, |r| r.per_second),
+            median(&ours, |r| Some(r.per_second)),
+            median(&theirs, |r| Some(r.per_second)),
         );
         let fmt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
@@ -271,15 +283,27 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                 ));
             }
         }
+        // Server CPU per operation (median) and the server's peak RSS so far (largest seen).
+        let cpu = |rs: &[Measured]| median(rs, |r| r.cpu_ms_per_op);
+        let peak = |rs: &[Measured]| {
+            rs.iter()
+                .filter_map(|r| r.peak_rss_kib)
+                .max()
+                .map(|k| k as f64 / 1024.0)
+        };
         println!(
-            "{:<2} {:<30} {:>10} {:>10} {:>7} {:>9} {:>9}  {}",
+            "{:<2} {:<30} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
             w.number(),
             w.name(),
             fmt(l, 0),
             fmt(p, 0),
             fmt(l.zip(p).map(|(l, p)| l / p), 2),
-            fmt(median(&ours, |r| r.p99_ms), 2),
-            fmt(median(&theirs, |r| r.p99_ms), 2),
+            fmt(median(&ours, |r| Some(r.p99_ms)), 2),
+            fmt(median(&theirs, |r| Some(r.p99_ms)), 2),
+            fmt(cpu(&ours), 3),
+            fmt(cpu(&theirs), 3),
+            fmt(peak(&ours), 0),
+            fmt(peak(&theirs), 0),
             note
         );
     }
