@@ -4,6 +4,8 @@
 use std::str::FromStr;
 
 use lanyard_core::StoreError;
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::DbOptions;
@@ -11,8 +13,6 @@ use crate::error::open_error;
 
 pub(crate) struct PgStore {
     pool: sqlx::PgPool,
-    /// The same pool: PostgreSQL runs writes in parallel and locks rows itself.
-    writer: sqlx::PgPool,
 }
 
 impl PgStore {
@@ -30,10 +30,27 @@ impl PgStore {
             .map_err(|e| {
                 StoreError::Internal(format!("migrating the PostgreSQL database failed: {e}"))
             })?;
-        Ok(Self {
-            writer: pool.clone(),
-            pool,
-        })
+        Ok(Self { pool })
+    }
+
+    /// Reads and writes share the pool: PostgreSQL runs writes in parallel and locks rows
+    /// itself. Its connections are tested before use and on return, as they can drop.
+    pub(crate) async fn read(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        self.pool.acquire().await.map_err(from_sqlx)
+    }
+
+    pub(crate) async fn write(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        self.read().await
+    }
+
+    /// (open, idle, maximum)
+    pub(crate) fn connections(&self) -> (u32, u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        (
+            self.pool.size(),
+            idle,
+            self.pool.options().get_max_connections(),
+        )
     }
 }
 

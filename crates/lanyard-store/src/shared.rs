@@ -641,30 +641,29 @@ macro_rules! impl_store {
             }
 
             async fn ping(&self) -> Result<(), StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await.map_err(from_sqlx)?;
+                sqlx::query("SELECT 1").execute(&mut *self.read().await?).await.map_err(from_sqlx)?;
                 Ok(())
             }
 
             fn pool_use(&self) -> (u32, u32, u32) {
-                let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-                (self.pool.size(), idle, self.pool.options().get_max_connections())
+                self.connections()
             }
 
             async fn shared_metrics(&self) -> Result<lanyard_core::store::SharedMetrics, StoreError> {
                 let count = |(k, n): (String, i64)| (k, u64::try_from(n).unwrap_or(0));
                 let (sessions,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.read().await?)
                     .await
                     .map_err(from_sqlx)?;
                 let ended: Vec<(String, i64)> =
                     sqlx::query_as("SELECT reason, n FROM session_end_counts ORDER BY reason")
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *self.read().await?)
                         .await
                         .map_err(from_sqlx)?;
                 let deliveries: Vec<(String, i64)> = sqlx::query_as(
                     "SELECT state, COUNT(*) FROM logout_outbox GROUP BY state ORDER BY state",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(lanyard_core::store::SharedMetrics {
@@ -675,7 +674,8 @@ macro_rules! impl_store {
             }
 
             async fn create_user(&self, u: &NewUser, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 sqlx::query(
                     "INSERT INTO users (id, username, email, display_name, password_hash, \
                      disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6)",
@@ -698,7 +698,7 @@ macro_rules! impl_store {
             async fn user_by_username(&self, username: &Username) -> Result<Option<User>, StoreError> {
                 let row = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1"))
                     .bind(username.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.read().await?)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(row.map(User::from))
@@ -707,7 +707,7 @@ macro_rules! impl_store {
             async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError> {
                 let row = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
                     .bind(id.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.read().await?)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(row.map(User::from))
@@ -729,7 +729,7 @@ macro_rules! impl_store {
                 .bind(session)
                 .bind(idle_cutoff.as_secs())
                 .bind(lifetime_cutoff.as_secs())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(row.map(Into::into))
@@ -737,14 +737,15 @@ macro_rules! impl_store {
 
             async fn list_users(&self) -> Result<Vec<User>, StoreError> {
                 let rows = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users ORDER BY username"))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.read().await?)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(rows.into_iter().map(User::from).collect())
             }
 
             async fn disable_user(&self, id: &UserId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("UPDATE users SET disabled = TRUE, updated_at = $2 WHERE id = $1")
                     .bind(id.as_str())
                     .bind(e.at.as_secs())
@@ -776,7 +777,8 @@ macro_rules! impl_store {
                 keep: Option<&str>,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let done =
                     sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
                         .bind(id.as_str())
@@ -811,14 +813,15 @@ macro_rules! impl_store {
                     .bind(id.as_str())
                     .bind(old)
                     .bind(new)
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
             }
 
             async fn create_client(&self, c: &Client, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 sqlx::query(concat!(
                     "INSERT INTO clients (",
                     client_columns!(),
@@ -849,7 +852,7 @@ macro_rules! impl_store {
             async fn client_by_id(&self, id: &ClientId) -> Result<Option<Client>, StoreError> {
                 let row = sqlx::query_as::<_, ClientRow>(concat!("SELECT ", client_columns!(), " FROM clients WHERE id = $1"))
                     .bind(id.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.read().await?)
                     .await
                     .map_err(from_sqlx)?;
                 row.map(Client::try_from).transpose()
@@ -857,14 +860,15 @@ macro_rules! impl_store {
 
             async fn list_clients(&self) -> Result<Vec<Client>, StoreError> {
                 let rows = sqlx::query_as::<_, ClientRow>(concat!("SELECT ", client_columns!(), " FROM clients ORDER BY name"))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.read().await?)
                     .await
                     .map_err(from_sqlx)?;
                 rows.into_iter().map(Client::try_from).collect()
             }
 
             async fn remove_client(&self, id: &ClientId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM clients WHERE id = $1")
                     .bind(id.as_str())
                     .execute(&mut *tx)
@@ -886,7 +890,8 @@ macro_rules! impl_store {
                 max_per_user: u32,
                 events: &[NewAuditEvent],
             ) -> Result<String, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 // Serialises sign-ins of one user, so two at once cannot both slip under the cap.
                 sqlx::query($lock_user).bind(s.user_id.as_str()).execute(&mut *tx).await.map_err(from_sqlx)?;
                 let template = events.first().cloned().unwrap_or_else(|| {
@@ -967,7 +972,7 @@ macro_rules! impl_store {
                      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_digest = $1",
                 )
                 .bind(digest)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(row.map(Into::into))
@@ -978,7 +983,7 @@ macro_rules! impl_store {
                     "SELECT ", session_columns!(), " FROM sessions WHERE id_digest = $1"
                 ))
                 .bind(digest)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(row.map(Session::from))
@@ -990,7 +995,7 @@ macro_rules! impl_store {
                 )
                 .bind(digest)
                 .bind(now.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -999,7 +1004,7 @@ macro_rules! impl_store {
             async fn clear_session_notice(&self, digest: &str) -> Result<(), StoreError> {
                 sqlx::query("UPDATE sessions SET notice = NULL WHERE id_digest = $1 AND notice IS NOT NULL")
                     .bind(digest)
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
@@ -1011,7 +1016,8 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE id_digest = $1 RETURNING public_id, user_id, created_at",
                 )
@@ -1031,7 +1037,8 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE public_id = $1 AND ($2 IS NULL OR user_id = $2) \
                      RETURNING public_id, user_id, created_at",
@@ -1053,7 +1060,8 @@ macro_rules! impl_store {
                 reason: EndReason,
                 e: &NewAuditEvent,
             ) -> Result<u32, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE user_id = $1 AND ($2 IS NULL OR id_digest <> $2) \
                      RETURNING public_id, user_id, created_at",
@@ -1082,7 +1090,7 @@ macro_rules! impl_store {
                 .bind(user.map(|u| u.as_str()))
                 .bind(idle_cutoff.as_secs())
                 .bind(lifetime_cutoff.as_secs())
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(rows.into_iter().map(Session::from).collect())
@@ -1094,7 +1102,8 @@ macro_rules! impl_store {
                 lifetime_cutoff: UnixTime,
                 now: UnixTime,
             ) -> Result<u32, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let ended = sqlx::query_as::<_, EndedRow>(
                     "DELETE FROM sessions WHERE last_seen_at <= $1 OR created_at <= $2 \
                      RETURNING public_id, user_id, created_at",
@@ -1131,7 +1140,8 @@ macro_rules! impl_store {
             ) -> Result<Vec<(Key, Failures)>, StoreError> {
                 // Committed before counting: of two parallel attempts, the later one sees the
                 // earlier, so a burst cannot all pass a check made before any was recorded.
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 for k in keys {
                     sqlx::query("INSERT INTO sign_in_failures (key, at, attempt) VALUES ($1, $2, $3)")
                         .bind(k.key.as_str())
@@ -1142,6 +1152,8 @@ macro_rules! impl_store {
                         .map_err(from_sqlx)?;
                 }
                 tx.commit().await.map_err(from_sqlx)?;
+                // Hold no connection while waiting for another.
+                drop(conn);
                 let mut out = Vec::with_capacity(keys.len());
                 for k in keys {
                     let since = now.saturating_sub(k.limit.window);
@@ -1152,7 +1164,7 @@ macro_rules! impl_store {
                     .bind(k.key.as_str())
                     .bind(since.as_secs())
                     .bind(attempt)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.read().await?)
                     .await
                     .map_err(from_sqlx)?;
                     let failures = Failures {
@@ -1170,7 +1182,8 @@ macro_rules! impl_store {
                 outcome: AttemptOutcome,
                 keys: &[Key],
             ) -> Result<(), StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 if outcome != AttemptOutcome::Failed {
                     sqlx::query("DELETE FROM sign_in_failures WHERE attempt = $1")
                         .bind(attempt)
@@ -1191,7 +1204,7 @@ macro_rules! impl_store {
             async fn sweep_sign_in_failures(&self, before: UnixTime) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM sign_in_failures WHERE at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
@@ -1202,7 +1215,7 @@ macro_rules! impl_store {
                     "SELECT ", session_columns!(), " FROM sessions WHERE public_id = $1"
                 ))
                 .bind(public_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(row.map(Session::from))
@@ -1213,7 +1226,7 @@ macro_rules! impl_store {
                     "SELECT kid, alg, created_at, activates_at, retired_at, sealed FROM signing_keys \
                      ORDER BY activates_at DESC, created_at DESC, kid",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 rows.into_iter().map(StoredKey::try_from).collect()
@@ -1225,7 +1238,8 @@ macro_rules! impl_store {
                 retire_others: bool,
                 e: &NewAuditEvent,
             ) -> Result<(), StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 if retire_others {
                     sqlx::query(
                         "UPDATE signing_keys SET retired_at = $2 WHERE alg = $1 AND retired_at IS NULL",
@@ -1256,7 +1270,7 @@ macro_rules! impl_store {
             async fn delete_retired_keys(&self, before: UnixTime) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
@@ -1278,7 +1292,7 @@ macro_rules! impl_store {
                 .bind(c.auth.acr.as_deref())
                 .bind(c.created_at.as_secs())
                 .bind(c.expires_at.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1289,7 +1303,7 @@ macro_rules! impl_store {
                     "SELECT client_id FROM session_clients WHERE session_id = $1 ORDER BY first_at, client_id",
                 )
                 .bind(public_id)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(rows.into_iter().map(|(c,)| ClientId::from_stored(c)).collect())
@@ -1314,7 +1328,7 @@ macro_rules! impl_store {
                 .bind(now.as_secs())
                 .bind(access_jti)
                 .bind(refresh_family)
-                .fetch_optional(&self.writer)
+                .fetch_optional(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 if let Some(row) = fresh {
@@ -1324,7 +1338,7 @@ macro_rules! impl_store {
                     "SELECT access_jti, refresh_family FROM authorization_codes WHERE code_digest = $1",
                 )
                 .bind(digest)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(match used {
@@ -1336,34 +1350,34 @@ macro_rules! impl_store {
             async fn sweep_codes(&self, before: UnixTime) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM authorization_codes WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM revoked_access_tokens WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM pending_signins WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM webauthn_ceremonies WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
                     .bind(before.as_secs())
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 sqlx::query(
                     "DELETE FROM refresh_family_revocations WHERE NOT EXISTS \
                      (SELECT 1 FROM refresh_tokens t WHERE t.family_id = refresh_family_revocations.family_id)",
                 )
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1374,7 +1388,7 @@ macro_rules! impl_store {
                     sqlx::query_as("SELECT scope FROM consents WHERE user_id = $1 AND client_id = $2")
                         .bind(user.as_str())
                         .bind(client.as_str())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *self.read().await?)
                         .await
                         .map_err(from_sqlx)?;
                 Ok(row.map(|(s,)| s))
@@ -1395,7 +1409,7 @@ macro_rules! impl_store {
                 .bind(client.as_str())
                 .bind(scope)
                 .bind(now.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1417,7 +1431,7 @@ macro_rules! impl_store {
                 .bind(t.auth.acr.as_deref())
                 .bind(t.issued_at.as_secs())
                 .bind(t.expires_at.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1434,7 +1448,7 @@ macro_rules! impl_store {
                     .bind(digest)
                     .bind(new_digest)
                     .bind(now.as_secs())
-                    .fetch_optional(&self.writer)
+                    .fetch_optional(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 if let Some(row) = fresh {
@@ -1443,7 +1457,7 @@ macro_rules! impl_store {
                 let family: Option<(String,)> =
                     sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_digest = $1")
                         .bind(digest)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *self.read().await?)
                         .await
                         .map_err(from_sqlx)?;
                 match family {
@@ -1463,7 +1477,7 @@ macro_rules! impl_store {
                 )
                 .bind(family_id)
                 .bind(now.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 let done = sqlx::query(
@@ -1471,7 +1485,7 @@ macro_rules! impl_store {
                 )
                 .bind(family_id)
                 .bind(now.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?
                 .rows_affected();
@@ -1486,7 +1500,7 @@ macro_rules! impl_store {
                      FROM refresh_tokens WHERE token_digest = $1"
                 ))
                 .bind(digest)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(row.map(StoredRefresh::from))
@@ -1499,7 +1513,7 @@ macro_rules! impl_store {
                 )
                 .bind(jti)
                 .bind(expires_at.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1520,7 +1534,7 @@ macro_rules! impl_store {
                 .bind(c.user.map(|u| u.as_str()))
                 .bind(c.idle_cutoff.as_secs())
                 .bind(c.lifetime_cutoff.as_secs())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(row.map(User::from))
@@ -1542,7 +1556,7 @@ macro_rules! impl_store {
                 .bind(c.user.map(|u| u.as_str()))
                 .bind(c.idle_cutoff.as_secs())
                 .bind(c.lifetime_cutoff.as_secs())
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(active == 1)
@@ -1553,7 +1567,7 @@ macro_rules! impl_store {
                     "SELECT sealed_secret, confirmed_at, last_step FROM totp_factors WHERE user_id = $1",
                 )
                 .bind(user.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(row.map(|(sealed_secret, confirmed, last_step)| TotpFactor {
@@ -1572,7 +1586,7 @@ macro_rules! impl_store {
                 .bind(user.as_str())
                 .bind(sealed)
                 .bind(now.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?
                 .rows_affected();
@@ -1587,7 +1601,8 @@ macro_rules! impl_store {
                 recovery_digests: &[String],
                 e: &NewAuditEvent,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query(
                     "UPDATE totp_factors SET confirmed_at = $2, last_step = $3 \
                      WHERE user_id = $1 AND confirmed_at IS NULL AND sealed_secret = $4",
@@ -1617,7 +1632,7 @@ macro_rules! impl_store {
                 )
                 .bind(user.as_str())
                 .bind(step)
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?
                 .rows_affected();
@@ -1625,7 +1640,8 @@ macro_rules! impl_store {
             }
 
             async fn remove_totp(&self, user: &UserId, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM totp_factors WHERE user_id = $1")
                     .bind(user.as_str())
                     .execute(&mut *tx)
@@ -1654,7 +1670,8 @@ macro_rules! impl_store {
                 digests: &[String],
                 e: &NewAuditEvent,
             ) -> Result<(), StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 replace_codes(&mut tx, user, digests, e.at).await?;
                 insert_audit(&mut tx, e).await?;
                 tx.commit().await.map_err(from_sqlx)
@@ -1668,7 +1685,7 @@ macro_rules! impl_store {
                 .bind(user.as_str())
                 .bind(digest)
                 .bind(now.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?
                 .rows_affected();
@@ -1680,14 +1697,15 @@ macro_rules! impl_store {
                     "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
                 )
                 .bind(user.as_str())
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(u32::try_from(n).unwrap_or(0))
             }
 
             async fn add_webauthn_credential(&self, c: &WebauthnCredential, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 sqlx::query(
                     "INSERT INTO webauthn_credentials (credential_id, user_id, kind, name, credential, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1711,7 +1729,7 @@ macro_rules! impl_store {
                      FROM webauthn_credentials WHERE user_id = $1 ORDER BY created_at, credential_id",
                 )
                 .bind(user.as_str())
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 rows.into_iter().map(WebauthnCredential::try_from).collect()
@@ -1723,7 +1741,7 @@ macro_rules! impl_store {
                      FROM webauthn_credentials WHERE credential_id = $1",
                 )
                 .bind(credential_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 row.map(WebauthnCredential::try_from).transpose()
@@ -1734,7 +1752,7 @@ macro_rules! impl_store {
                     .bind(credential_id)
                     .bind(credential)
                     .bind(now.as_secs())
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?;
                 Ok(())
@@ -1745,7 +1763,7 @@ macro_rules! impl_store {
                     .bind(user.as_str())
                     .bind(credential_id)
                     .bind(name)
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?
                     .rows_affected();
@@ -1753,7 +1771,8 @@ macro_rules! impl_store {
             }
 
             async fn remove_webauthn_credential(&self, user: &UserId, credential_id: &str, e: &NewAuditEvent) -> Result<bool, StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let done = sqlx::query("DELETE FROM webauthn_credentials WHERE user_id = $1 AND credential_id = $2")
                     .bind(user.as_str())
                     .bind(credential_id)
@@ -1777,7 +1796,7 @@ macro_rules! impl_store {
                 .bind(id_digest)
                 .bind(state)
                 .bind(expires_at.as_secs())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1787,7 +1806,7 @@ macro_rules! impl_store {
                 let row: Option<(String, i64)> =
                     sqlx::query_as("DELETE FROM webauthn_ceremonies WHERE id_digest = $1 RETURNING state, expires_at")
                         .bind(id_digest)
-                        .fetch_optional(&self.writer)
+                        .fetch_optional(&mut *self.write().await?)
                         .await
                         .map_err(from_sqlx)?;
                 Ok(row.filter(|(_, exp)| *exp > now.as_secs()).map(|(state, _)| state))
@@ -1804,7 +1823,7 @@ macro_rules! impl_store {
                 .bind(p.expires_at.as_secs())
                 .bind(join(p.amr.iter().map(String::as_str)))
                 .bind(p.return_to.as_str())
-                .execute(&self.writer)
+                .execute(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(())
@@ -1817,7 +1836,7 @@ macro_rules! impl_store {
                 )
                 .bind(digest)
                 .bind(now.as_secs())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(row.map(PendingSignIn::from))
@@ -1826,7 +1845,7 @@ macro_rules! impl_store {
             async fn delete_pending_signin(&self, digest: &str) -> Result<bool, StoreError> {
                 let done = sqlx::query("DELETE FROM pending_signins WHERE id_digest = $1")
                     .bind(digest)
-                    .execute(&self.writer)
+                    .execute(&mut *self.write().await?)
                     .await
                     .map_err(from_sqlx)?
                     .rows_affected();
@@ -1850,7 +1869,7 @@ macro_rules! impl_store {
                 .bind(now.as_secs())
                 .bind(lease_until.as_secs())
                 .bind(i64::from(limit))
-                .fetch_all(&self.writer)
+                .fetch_all(&mut *self.write().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(rows.into_iter().map(LogoutDelivery::from).collect())
@@ -1862,7 +1881,8 @@ macro_rules! impl_store {
                 outcome: DeliveryOutcome,
                 event: Option<&NewAuditEvent>,
             ) -> Result<(), StoreError> {
-                let mut tx = self.writer.begin_with($begin).await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, $begin).await.map_err(from_sqlx)?;
                 let q = match &outcome {
                     DeliveryOutcome::Delivered { at } => sqlx::query(
                         "UPDATE logout_outbox SET state = 'delivered', finished_at = $2, last_error = NULL WHERE id = $1",
@@ -1894,14 +1914,14 @@ macro_rules! impl_store {
                     "SELECT ", delivery_columns!(), " FROM logout_outbox ORDER BY id DESC LIMIT $1"
                 ))
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(rows.into_iter().map(LogoutDelivery::from).collect())
             }
 
             async fn append_audit(&self, e: &NewAuditEvent) -> Result<(), StoreError> {
-                let mut conn = self.writer.acquire().await.map_err(from_sqlx)?;
+                let mut conn = self.write().await?;
                 insert_audit(&mut conn, e).await
             }
 
@@ -1917,7 +1937,7 @@ macro_rules! impl_store {
                 )
                 .bind(user.map(|u| u.as_str()))
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
                 Ok(rows.into_iter().map(AuditEvent::from).collect())
