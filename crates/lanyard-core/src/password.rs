@@ -154,12 +154,29 @@ impl PasswordHasher {
                 scratch.blocks(self.params.block_count()),
             )
             .map_err(|e| failed(&e))?;
+        self.phc(&salt, &out)
+    }
+
+    /// A hash under the current parameters that no password matches: a random salt and a
+    /// random output. Checking a password against it costs a full hash, which is what an
+    /// unknown username is checked against, so it takes as long as a wrong password; making
+    /// it costs no hash (and none of the memory one takes).
+    pub fn unmatchable_hash(&self) -> Result<String, PasswordError> {
+        let failed = |e: &dyn std::fmt::Display| PasswordError::Hash(e.to_string());
+        let (mut salt, mut out) = ([0u8; SALT_LEN], [0u8; OUTPUT_LEN]);
+        getrandom::fill(&mut salt).map_err(|e| failed(&e))?;
+        getrandom::fill(&mut out).map_err(|e| failed(&e))?;
+        self.phc(&salt, &out)
+    }
+
+    fn phc(&self, salt: &[u8], out: &[u8]) -> Result<String, PasswordError> {
+        let failed = |e: &dyn std::fmt::Display| PasswordError::Hash(e.to_string());
         let phc = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
             version: Some(Version::V0x13.into()),
             params: ParamsString::try_from(&self.params).map_err(|e| failed(&e))?,
-            salt: Some(Salt::new(&salt).map_err(|e| failed(&e))?),
-            hash: Some(Output::new(&out).map_err(|e| failed(&e))?),
+            salt: Some(Salt::new(salt).map_err(|e| failed(&e))?),
+            hash: Some(Output::new(out).map_err(|e| failed(&e))?),
         };
         Ok(phc.to_string())
     }
@@ -305,6 +322,17 @@ mod tests {
             h.verify_in(&pw("correct horse"), truncated, &mut scratch),
             Verified::No
         );
+    }
+
+    #[test]
+    fn the_unmatchable_hash_is_current_and_matches_nothing() {
+        let h = cheap(64);
+        let a = h.unmatchable_hash().unwrap();
+        assert!(a.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{a}");
+        assert_ne!(a, h.unmatchable_hash().unwrap());
+        for guess in ["", "correct horse", "not a real password"] {
+            assert_eq!(h.verify(&pw(guess), &a), Verified::No);
+        }
     }
 
     #[test]

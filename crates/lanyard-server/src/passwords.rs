@@ -7,8 +7,9 @@
 //! hashes on the shared blocking pool instead would leave a hash's worth of memory in the
 //! allocator of every thread that ever ran one.
 //!
-//! An unknown username is checked against a dummy hash made at start-up with the same
-//! parameters, so it costs the same time as a wrong password (no user enumeration by timing).
+//! An unknown username is checked against a hash with the same parameters that nothing matches
+//! (`PasswordHasher::unmatchable_hash`), so it costs the same time as a wrong password (no user
+//! enumeration by timing). Making it costs no hash, so an idle server holds no argon2 memory.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -30,7 +31,7 @@ pub struct Passwords {
 impl Passwords {
     pub fn new(policy: PasswordPolicy) -> Result<Arc<Self>, PasswordError> {
         let hasher = PasswordHasher::new(policy)?;
-        let dummy_hash = hasher.hash(&SecretString::from("not a real password".to_owned()))?;
+        let dummy_hash = hasher.unmatchable_hash()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(std::sync::Mutex::new(queue));
