@@ -132,6 +132,16 @@ async fn exchange(s: &Setup, code: &str, verifier: &str) -> (u16, Value) {
     token(s, &form, Some((&s.id, &s.secret))).await
 }
 
+/// Re-reads the signing keys now, as the server does every minute.
+async fn reload_keys(s: &Setup) {
+    s.server
+        .state
+        .keys
+        .reload(&*s.server.store, s.server.clock.now())
+        .await
+        .unwrap();
+}
+
 async fn introspect(s: &Setup, token: &str) -> Value {
     let r = reqwest::Client::new()
         .post(format!("{}/introspect", s.server.base))
@@ -788,12 +798,7 @@ async fn rotated_keys_are_published_at_once_and_sign_after_propagation() {
         "",
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    s.server
-        .state
-        .keys
-        .reload(&*s.server.store, s.server.clock.now())
-        .await
-        .unwrap();
+    reload_keys(&s).await;
     let after = jwks().await;
     assert_eq!(
         after.len(),
@@ -818,12 +823,7 @@ async fn rotated_keys_are_published_at_once_and_sign_after_propagation() {
     s.server
         .clock
         .set(newest.saturating_add(std::time::Duration::from_secs(1)));
-    s.server
-        .state
-        .keys
-        .reload(&*s.server.store, s.server.clock.now())
-        .await
-        .unwrap();
+    reload_keys(&s).await;
     let new_token = issue().await;
     assert_ne!(kid_of(&new_token), old_kid, "the new key signs now");
     assert_eq!(introspect(&s, &new_token).await["active"], true);
@@ -835,12 +835,7 @@ async fn rotated_keys_are_published_at_once_and_sign_after_propagation() {
 
     // Once its tokens have expired, the old key is dropped.
     s.server.advance(3 * 3600);
-    s.server
-        .state
-        .keys
-        .reload(&*s.server.store, s.server.clock.now())
-        .await
-        .unwrap();
+    reload_keys(&s).await;
     let later = jwks().await;
     assert!(!later.contains(&old_kid), "{later:?}");
     assert_eq!(later.len(), 3);
@@ -876,12 +871,7 @@ async fn a_remembered_signature_is_forgotten_when_its_key_leaves() {
     )
     .await;
     assert_eq!(gone.len(), 3);
-    s.server
-        .state
-        .keys
-        .reload(&*s.server.store, s.server.clock.now())
-        .await
-        .unwrap();
+    reload_keys(&s).await;
     assert_eq!(introspect(&s, &access).await["active"], false);
 }
 

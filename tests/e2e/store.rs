@@ -384,26 +384,43 @@ async fn sqlite_runs_in_wal_mode() {
     assert_eq!(mode, "wal");
 }
 
-#[tokio::test]
-async fn an_access_token_is_active_only_while_everything_behind_it_holds() {
-    use lanyard_core::session::{NewSession, SessionSecret};
-    use lanyard_core::store::AccessTokenCheck;
-    let db = TestDb::new().await;
+/// The test's store, with the user "ada" and the client "Wiki" in it.
+async fn ada_and_wiki(
+    db: &TestDb,
+) -> (
+    std::sync::Arc<dyn lanyard_core::Store>,
+    NewUser,
+    lanyard_core::client::Client,
+) {
     let store = db.store().await;
-    let t = UnixTime::from_secs;
     let ada = new_user("ada", 100);
     store
         .create_user(&ada, &event(AuditKind::UserCreated, 100))
         .await
         .unwrap();
-    let client = registration("Wiki").validate(t(5)).unwrap().client;
+    let client = registration("Wiki")
+        .validate(UnixTime::from_secs(5))
+        .unwrap()
+        .client;
+    store
+        .create_client(&client, &event(AuditKind::ClientCreated, 5))
+        .await
+        .unwrap();
+    (store, ada, client)
+}
+
+#[tokio::test]
+async fn an_access_token_is_active_only_while_everything_behind_it_holds() {
+    use lanyard_core::session::{NewSession, SessionSecret};
+    use lanyard_core::store::AccessTokenCheck;
+    let db = TestDb::new().await;
+    let (store, ada, client) = ada_and_wiki(&db).await;
+    let t = UnixTime::from_secs;
     let other = registration("Other").validate(t(6)).unwrap().client;
-    for c in [&client, &other] {
-        store
-            .create_client(c, &event(AuditKind::ClientCreated, 5))
-            .await
-            .unwrap();
-    }
+    store
+        .create_client(&other, &event(AuditKind::ClientCreated, 6))
+        .await
+        .unwrap();
     let secret = SessionSecret::generate().unwrap();
     let session = NewSession::new(&secret, ada.id.clone(), t(1000), vec!["pwd".into()]).unwrap();
     let sid = store.create_session(&session, None, 10, &[]).await.unwrap();
@@ -519,18 +536,8 @@ async fn an_access_token_is_active_only_while_everything_behind_it_holds() {
 async fn a_refresh_token_rotates_once_however_many_race_for_it() {
     use lanyard_core::grant::{Authentication, RefreshRedemption, RefreshToken};
     let db = TestDb::new().await;
-    let store = db.store().await;
+    let (store, ada, client) = ada_and_wiki(&db).await;
     let t = UnixTime::from_secs;
-    let ada = new_user("ada", 100);
-    store
-        .create_user(&ada, &event(AuditKind::UserCreated, 100))
-        .await
-        .unwrap();
-    let client = registration("Wiki").validate(t(5)).unwrap().client;
-    store
-        .create_client(&client, &event(AuditKind::ClientCreated, 5))
-        .await
-        .unwrap();
     let first = RefreshToken {
         token_digest: "d0".into(),
         family_id: "fam".into(),

@@ -37,6 +37,21 @@ macro_rules! access_token_active {
     };
 }
 
+/// Binds an `AccessTokenCheck` as the parameters `access_token_active!` names, and `$5`, the
+/// user.
+macro_rules! bind_access_check {
+    ($query:expr, $c:expr) => {
+        $query
+            .bind($c.jti)
+            .bind($c.family)
+            .bind($c.session)
+            .bind($c.client.as_str())
+            .bind($c.user.map(|u| u.as_str()))
+            .bind($c.idle_cutoff.as_secs())
+            .bind($c.lifetime_cutoff.as_secs())
+    };
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct UserRow {
     id: String,
@@ -1523,17 +1538,11 @@ macro_rules! impl_store {
                 &self,
                 c: &lanyard_core::store::AccessTokenCheck<'_>,
             ) -> Result<Option<User>, StoreError> {
-                let row = sqlx::query_as::<_, UserRow>(concat!(
+                let query = sqlx::query_as::<_, UserRow>(concat!(
                     "SELECT ", user_columns!(), " FROM users WHERE id = $5 AND NOT disabled AND ",
                     access_token_active!()
-                ))
-                .bind(c.jti)
-                .bind(c.family)
-                .bind(c.session)
-                .bind(c.client.as_str())
-                .bind(c.user.map(|u| u.as_str()))
-                .bind(c.idle_cutoff.as_secs())
-                .bind(c.lifetime_cutoff.as_secs())
+                ));
+                let row = bind_access_check!(query, c)
                 .fetch_optional(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
@@ -1544,18 +1553,12 @@ macro_rules! impl_store {
                 &self,
                 c: &lanyard_core::store::AccessTokenCheck<'_>,
             ) -> Result<bool, StoreError> {
-                let (active,): (i64,) = sqlx::query_as(concat!(
+                let query = sqlx::query_as(concat!(
                     "SELECT CAST(CASE WHEN ", access_token_active!(), " \
                      AND ($5 IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = $5 AND NOT disabled)) \
                      THEN 1 ELSE 0 END AS BIGINT)",
-                ))
-                .bind(c.jti)
-                .bind(c.family)
-                .bind(c.session)
-                .bind(c.client.as_str())
-                .bind(c.user.map(|u| u.as_str()))
-                .bind(c.idle_cutoff.as_secs())
-                .bind(c.lifetime_cutoff.as_secs())
+                ));
+                let (active,): (i64,) = bind_access_check!(query, c)
                 .fetch_one(&mut *self.read().await?)
                 .await
                 .map_err(from_sqlx)?;
