@@ -662,3 +662,145 @@ async fn a_grant_reads_its_user_and_session_at_once() {
         None
     );
 }
+
+/// A store on the test's PostgreSQL schema whose connections carry `name`, so that the test can
+/// find them in `pg_stat_activity`.
+async fn pg_store_named(db: &TestDb, name: &str) -> std::sync::Arc<dyn lanyard_core::Store> {
+    let url = format!("{}&application_name={name}", db.url);
+    lanyard_store::open(&url, &lanyard_store::DbOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn pings_at_once(
+    store: &std::sync::Arc<dyn lanyard_core::Store>,
+    n: usize,
+) -> Vec<Result<(), StoreError>> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let store = store.clone();
+        set.spawn(async move { store.ping().await });
+    }
+    set.join_all().await
+}
+
+async fn pg_connections_named(db: &TestDb, name: &str) -> i64 {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(name)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn postgres_connections_killed_under_the_store_are_replaced() {
+    let db = TestDb::new().await;
+    if !db.is_postgres() {
+        return;
+    }
+    let name = format!("killed{}", std::process::id());
+    let store = pg_store_named(&db, &name).await;
+    // Several connections open and idle.
+    let mut open = 0;
+    for _ in 0..50 {
+        let pings = pings_at_once(&store, 8).await;
+        assert!(pings.iter().all(Result::is_ok));
+        open = pg_connections_named(&db, &name).await;
+        if open >= 2 {
+            break;
+        }
+    }
+    assert!(open >= 2, "{open} connections");
+
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        if pg_connections_named(&db, &name).await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(pg_connections_named(&db, &name).await, 0);
+
+    // The first use meets a dead connection and says the database is unavailable; that failure
+    // gets every other idle connection tested before use, so nothing else fails.
+    let first = store.ping().await;
+    assert!(
+        matches!(first, Ok(()) | Err(StoreError::Unavailable(_))),
+        "{first:?}"
+    );
+    for _ in 0..10 {
+        store.ping().await.unwrap();
+    }
+    let pings = pings_at_once(&store, 4).await;
+    assert!(pings.iter().all(Result::is_ok), "{pings:?}");
+    assert_eq!(store.list_users().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn postgres_a_transaction_cancelled_midway_holds_no_lock_afterwards() {
+    use lanyard_core::session::{NewSession, SessionSecret};
+    use sqlx::Connection as _;
+    let db = TestDb::new().await;
+    if !db.is_postgres() {
+        return;
+    }
+    let store = db.store().await;
+    let ada = new_user("ada", 100);
+    store
+        .create_user(&ada, &event(AuditKind::UserCreated, 100))
+        .await
+        .unwrap();
+    let lock_ada = "SELECT id FROM users WHERE id = $1 FOR UPDATE NOWAIT";
+
+    // The test holds ada's row, so the store's sign-in waits inside its transaction, and is
+    // given up there.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query(lock_ada)
+        .bind(ada.id.as_str())
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let secret = SessionSecret::generate().unwrap();
+    let session =
+        NewSession::new(&secret, ada.id.clone(), UnixTime::from_secs(1000), vec![]).unwrap();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        store.create_session(&session, None, 10, &[]),
+    )
+    .await;
+    assert!(waited.is_err(), "the sign-in did not wait for the lock");
+    held.commit().await.unwrap();
+
+    // The abandoned transaction ends promptly though the store is not used again: its row lock
+    // is free for others.
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut free = false;
+    for _ in 0..100 {
+        let mut tx = other.begin().await.unwrap();
+        free = sqlx::query(lock_ada)
+            .bind(ada.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .is_ok();
+        tx.rollback().await.unwrap();
+        if free {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(free, "ada's row stayed locked by the abandoned sign-in");
+    store.create_session(&session, None, 10, &[]).await.unwrap();
+}

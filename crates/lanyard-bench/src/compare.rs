@@ -21,6 +21,8 @@ pub struct Options {
     pub concurrency: usize,
     pub users: usize,
     pub rounds: usize,
+    /// Empty: all.
+    pub workloads: Vec<Workload>,
 }
 
 /// What one run reports (see `load::Report`).
@@ -182,7 +184,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 
     let me = std::env::current_exe()?;
     let mut rows: Vec<(Workload, Vec<Measured>, Vec<Measured>)> = Vec::new();
-    for w in Workload::ALL {
+    let chosen = if o.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        o.workloads.clone()
+    };
+    for w in chosen {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..o.rounds {
             let order = if round % 2 == 0 {

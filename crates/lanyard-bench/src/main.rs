@@ -114,6 +114,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             users: args.users.unwrap_or(args.concurrency),
             rounds: args.rounds.max(1),
+            workloads: args.workloads,
         })
         .await;
     }

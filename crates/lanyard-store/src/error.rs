@@ -3,13 +3,25 @@
 use lanyard_core::StoreError;
 
 pub(crate) fn from_sqlx(e: sqlx::Error) -> StoreError {
+    if breaks_connection(&e) {
+        crate::connections::connection_failed();
+        return StoreError::Unavailable(e.to_string());
+    }
+    StoreError::Internal(e.to_string())
+}
+
+/// Whether `e` may have left its connection unusable: a failed socket or worker, a reply
+/// sqlx could not follow, or PostgreSQL ending the session (SQLSTATE classes 08 and 57P).
+fn breaks_connection(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
-        other => StoreError::Internal(other.to_string()),
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 

@@ -14,6 +14,7 @@ use lanyard_core::{Store, StoreError};
 
 #[macro_use]
 mod shared;
+mod connections;
 mod error;
 mod postgres;
 mod sqlite;

@@ -4,53 +4,54 @@
 use std::str::FromStr;
 
 use lanyard_core::StoreError;
-use sqlx::Postgres;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::ConnectOptions as _;
+use sqlx::PgConnection;
+use sqlx::postgres::PgConnectOptions;
 
 use crate::DbOptions;
-use crate::error::open_error;
+use crate::connections::{Connections, Lease};
+use crate::error::{open_error, redact_url};
 
+/// Reads and writes share the connections: PostgreSQL runs writes in parallel and locks rows
+/// itself.
 pub(crate) struct PgStore {
-    pool: sqlx::PgPool,
+    connections: Connections<PgConnection>,
 }
 
 impl PgStore {
     pub(crate) async fn open(url: &str, options: &DbOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(url).map_err(|e| open_error(url, e))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+        let mut first = tokio::time::timeout(options.acquire_timeout, connect.connect())
             .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "cannot open the database {}: connecting timed out",
+                    redact_url(url)
+                ))
+            })?
             .map_err(|e| open_error(url, e))?;
         sqlx::migrate!("../../migrations/postgres")
-            .run(&pool)
+            .run(&mut first)
             .await
             .map_err(|e| {
                 StoreError::Internal(format!("migrating the PostgreSQL database failed: {e}"))
             })?;
-        Ok(Self { pool })
+        let connections =
+            Connections::new(connect, options.max_connections, options.acquire_timeout);
+        connections.keep(first);
+        Ok(Self { connections })
     }
 
-    /// Reads and writes share the pool: PostgreSQL runs writes in parallel and locks rows
-    /// itself. Its connections are tested before use and on return, as they can drop.
-    pub(crate) async fn read(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        self.pool.acquire().await.map_err(from_sqlx)
+    pub(crate) async fn read(&self) -> Result<Lease<'_, PgConnection>, StoreError> {
+        self.connections.get().await
     }
 
-    pub(crate) async fn write(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        self.read().await
+    pub(crate) async fn write(&self) -> Result<Lease<'_, PgConnection>, StoreError> {
+        self.connections.get().await
     }
 
-    /// (open, idle, maximum)
     pub(crate) fn connections(&self) -> (u32, u32, u32) {
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        (
-            self.pool.size(),
-            idle,
-            self.pool.options().get_max_connections(),
-        )
+        self.connections.usage()
     }
 }
 

@@ -7,28 +7,23 @@
 //! their turn in the pool's queue and start the moment the previous write commits. Other
 //! processes on the same file (the command line) still meet the busy timeout.
 //!
-//! Connections are lent out by `Connections`, not sqlx's pool, which pings each connection
-//! before use and after it (see there).
-
-use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use lanyard_core::StoreError;
 use sqlx::ConnectOptions as _;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::DbOptions;
+use crate::connections::{Connections, Lease};
 use crate::error::open_error;
 
 pub(crate) struct SqliteStore {
     /// Reads.
-    readers: Connections,
+    readers: Connections<SqliteConnection>,
     /// Writes: one connection.
-    writer: Connections,
+    writer: Connections<SqliteConnection>,
 }
 
 impl SqliteStore {
@@ -58,103 +53,16 @@ impl SqliteStore {
         Ok(Self { readers, writer })
     }
 
-    pub(crate) async fn read(&self) -> Result<Lease<'_>, StoreError> {
+    pub(crate) async fn read(&self) -> Result<Lease<'_, SqliteConnection>, StoreError> {
         self.readers.get().await
     }
 
-    pub(crate) async fn write(&self) -> Result<Lease<'_>, StoreError> {
+    pub(crate) async fn write(&self) -> Result<Lease<'_, SqliteConnection>, StoreError> {
         self.writer.get().await
     }
 
     pub(crate) fn connections(&self) -> (u32, u32, u32) {
         self.readers.usage()
-    }
-}
-
-/// A few SQLite connections, opened when first needed and handed out one request at a time.
-///
-/// sqlx's pool pings every connection as it comes back, a round trip to the connection's worker
-/// thread after every statement; a SQLite connection is a file handle that cannot drop, so these
-/// are handed back as they are. SQLite runs a connection's commands in order, so whatever a
-/// cancelled request left queued (a rollback, say) finishes before the next borrower's.
-pub(crate) struct Connections {
-    options: SqliteConnectOptions,
-    idle: Mutex<Vec<SqliteConnection>>,
-    permits: Semaphore,
-    max: u32,
-    acquire_timeout: Duration,
-}
-
-impl Connections {
-    fn new(options: SqliteConnectOptions, max: u32, acquire_timeout: Duration) -> Self {
-        Self {
-            options,
-            idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(max as usize),
-            max,
-            acquire_timeout,
-        }
-    }
-
-    async fn get(&self) -> Result<Lease<'_>, StoreError> {
-        let permit = tokio::time::timeout(self.acquire_timeout, self.permits.acquire())
-            .await
-            .map_err(|_| StoreError::Unavailable("no database connection came free".into()))?
-            .map_err(|_| StoreError::Unavailable("the database is closed".into()))?;
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let conn = match idle {
-            Some(conn) => conn,
-            None => self.options.connect().await.map_err(from_sqlx)?,
-        };
-        Ok(Lease {
-            conn: Some(conn),
-            from: self,
-            _permit: permit,
-        })
-    }
-
-    fn keep(&self, conn: SqliteConnection) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
-        }
-    }
-
-    /// (open, idle, maximum)
-    fn usage(&self) -> (u32, u32, u32) {
-        let idle = self.idle.lock().map_or(0, |idle| idle.len());
-        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
-        let busy =
-            u32::try_from(self.max as usize - self.permits.available_permits()).unwrap_or(u32::MAX);
-        (idle.saturating_add(busy), idle, self.max)
-    }
-}
-
-/// A connection lent out until dropped.
-pub(crate) struct Lease<'a> {
-    conn: Option<SqliteConnection>,
-    from: &'a Connections,
-    _permit: SemaphorePermit<'a>,
-}
-
-impl Deref for Lease<'_> {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        // Present from creation until drop.
-        self.conn.as_ref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl DerefMut for Lease<'_> {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.conn.as_mut().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.from.keep(conn);
-        }
     }
 }
 
