@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 
+use crate::procstat;
 use crate::workloads::Workload;
 
 pub struct Options {
@@ -23,6 +24,8 @@ pub struct Options {
     pub rounds: usize,
     /// Empty: all.
     pub workloads: Vec<Workload>,
+    /// Pin the PostgreSQL server to Lanyard's core for the run.
+    pub pin_database: bool,
 }
 
 /// What one run reports (see `load::Report`).
@@ -35,6 +38,9 @@ struct Measured {
     cpu_ms_per_op: Option<f64>,
     peak_rss_kib: Option<u64>,
     note: Option<String>,
+    /// Set here, not by the run: CPU of the PostgreSQL server per operation.
+    #[serde(default)]
+    db_cpu_ms_per_op: Option<f64>,
 }
 
 const PASSWORD: &str = "a long bench passphrase";
@@ -58,6 +64,57 @@ fn pinned(core: usize, program: &Path) -> Command {
         c
     } else {
         Command::new(program)
+    }
+}
+
+/// The PostgreSQL server's processes pinned to one core until dropped; then each gets its
+/// affinity back. Backends started meanwhile inherit the pin from the postmaster.
+struct PinnedDatabase(Vec<(u32, String)>);
+
+impl PinnedDatabase {
+    fn pin(core: usize) -> anyhow::Result<Self> {
+        let mut saved = Vec::new();
+        for pid in procstat::pids_named("postgres") {
+            let pid_arg = pid.to_string();
+            let shown = Command::new("taskset").args(["-p", &pid_arg]).output()?;
+            // "pid 42's current affinity mask: 3"
+            let shown = String::from_utf8_lossy(&shown.stdout);
+            let Some(mask) = shown
+                .rsplit(' ')
+                .next()
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+            else {
+                continue;
+            };
+            let pinned = Command::new("taskset")
+                .args(["-cp", &core.to_string(), &pid_arg])
+                .stdout(Stdio::null())
+                .status()?
+                .success();
+            if pinned {
+                saved.push((pid, mask.to_owned()));
+            } else if Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("cannot pin PostgreSQL process {pid}: run as its owner or as root");
+            }
+        }
+        ensure!(
+            !saved.is_empty(),
+            "found no PostgreSQL processes (named postgres) to pin"
+        );
+        Ok(Self(saved))
+    }
+}
+
+impl Drop for PinnedDatabase {
+    fn drop(&mut self) {
+        for (pid, mask) in &self.0 {
+            let _ = Command::new("taskset")
+                .args(["-p", mask, &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -182,6 +239,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     );
     wait_for(&format!("{peer_issuer}/.well-known/openid-configuration")).await?;
 
+    let postgres = !database_url.starts_with("sqlite:");
+    let _pinned = if postgres && o.pin_database {
+        Some(PinnedDatabase::pin(0)?)
+    } else {
+        None
+    };
     let me = std::env::current_exe()?;
     let mut rows: Vec<(Workload, Vec<Measured>, Vec<Measured>)> = Vec::new();
     let chosen = if o.workloads.is_empty() {
@@ -223,14 +286,23 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                 .args(["--workload", &workload_arg(w)])
                 .env("BENCH_CLIENT_SECRET", &secret)
                 .env("BENCH_PASSWORD", PASSWORD);
+                let db_cpu =
+                    || (postgres && lanyard_first).then(|| procstat::cpu_seconds_named("postgres"));
+                let db_before = db_cpu();
                 let out = c.output()?;
+                let db_after = db_cpu();
                 ensure!(
                     out.status.success(),
                     "{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
                 let line = String::from_utf8(out.stdout)?;
-                let report: Measured = serde_json::from_str(line.trim())?;
+                let mut report: Measured = serde_json::from_str(line.trim())?;
+                if let (Some(before), Some(after)) = (db_before, db_after)
+                    && report.ops > 0
+                {
+                    report.db_cpu_ms_per_op = Some((after - before) * 1000.0 / report.ops as f64);
+                }
                 if lanyard_first {
                     ours.push(report);
                 } else {
@@ -246,7 +318,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let mut failures = Vec::new();
 
     println!(
-        "{:<2} {:<30} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<2} {:<30} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "#",
         "workload",
         "Lanyard/s",
@@ -256,6 +328,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         "P p99 ms",
         "L cpu ms",
         "P cpu ms",
+        "DB cpu ms",
         "L MiB",
         "P MiB"
     );
@@ -299,7 +372,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                 .map(|k| k as f64 / 1024.0)
         };
         println!(
-            "{:<2} {:<30} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+            "{:<2} {:<30} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
             w.number(),
             w.name(),
             fmt(l, 0),
@@ -309,6 +382,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             fmt(median(&theirs, |r| Some(r.p99_ms)), 2),
             fmt(cpu(&ours), 3),
             fmt(cpu(&theirs), 3),
+            fmt(median(&ours, |r| r.db_cpu_ms_per_op), 3),
             fmt(peak(&ours), 0),
             fmt(peak(&theirs), 0),
             note

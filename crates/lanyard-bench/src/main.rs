@@ -35,6 +35,11 @@ struct Args {
     /// With --compare: Lanyard's database (default: a scratch SQLite file).
     #[arg(long)]
     database_url: Option<String>,
+    /// With --compare and a PostgreSQL --database-url: pin the PostgreSQL server's processes
+    /// to Lanyard's core for the run (needs the right to change their affinity), so that
+    /// Lanyard and its database share one core as the peer has one core for everything.
+    #[arg(long)]
+    pin_database: bool,
     /// With --compare: runs of each workload per server; the table shows the median.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
@@ -115,6 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             users: args.users.unwrap_or(args.concurrency),
             rounds: args.rounds.max(1),
             workloads: args.workloads,
+            pin_database: args.pin_database,
         })
         .await;
     }

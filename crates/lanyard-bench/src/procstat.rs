@@ -1,4 +1,4 @@
-//! The server's CPU time and memory, read from `/proc/<pid>` (Linux).
+//! The server's (and its database's) CPU time and memory, read from `/proc` (Linux).
 
 /// User plus system CPU seconds the process has used.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -10,6 +10,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / clock_ticks())
+}
+
+/// The IDs of the running processes whose command name is `comm`.
+pub fn pids_named(comm: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// CPU seconds used by all running processes named `comm` (a database server's processes).
+pub fn cpu_seconds_named(comm: &str) -> f64 {
+    pids_named(comm).into_iter().filter_map(cpu_seconds).sum()
 }
 
 /// `(resident now, resident peak)` in KiB.
