@@ -804,3 +804,99 @@ async fn postgres_a_transaction_cancelled_midway_holds_no_lock_afterwards() {
     assert!(free, "ada's row stayed locked by the abandoned sign-in");
     store.create_session(&session, None, 10, &[]).await.unwrap();
 }
+
+/// Ends every PostgreSQL connection named `name`, as a database restart would.
+async fn kill_pg_connections(db: &TestDb, name: &str) {
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn postgres_requests_that_meet_a_killed_connection_say_unavailable_then_recover() {
+    use crate::harness::{Browser, TestServer, register_client};
+    let mut db = TestDb::new().await;
+    if !db.is_postgres() {
+        return;
+    }
+    let name = format!("served{}", std::process::id());
+    db.url = format!("{}&application_name={name}", db.url);
+    let server = TestServer::start(&db, |_| {}).await;
+    server.add_user("ada", "correct horse battery").await;
+    let mut b = Browser::new(&server);
+    b.sign_in("ada", "correct horse battery").await;
+    assert_eq!(b.get("/session/check").await.status, 204);
+    let mut robots = Vec::new();
+    for i in 0..5 {
+        let reg = ClientRegistration {
+            name: format!("Robot {i}"),
+            grant_types: vec![GrantType::ClientCredentials],
+            ..Default::default()
+        };
+        robots.push(register_client(&server.store, reg).await);
+    }
+    let http = reqwest::Client::new();
+    let token = async |(id, secret): &(String, Option<String>)| {
+        http.post(format!("{}/token", server.base))
+            .basic_auth(id, secret.as_deref())
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+    };
+
+    // The request right after the kill meets a dead connection (unless a background task met
+    // it first): it gets a clear 503, and the next ones succeed.
+    let mut unavailable = 0;
+    for _ in 0..5 {
+        kill_pg_connections(&db, &name).await;
+        let first = b.get("/session/check").await;
+        match first.status {
+            204 => {}
+            503 => {
+                unavailable += 1;
+                assert!(first.body.contains("briefly unavailable"), "{}", first.body);
+                assert!(first.headers.contains_key("retry-after"));
+            }
+            other => panic!("{other}: {}", first.body),
+        }
+        for _ in 0..3 {
+            assert_eq!(b.get("/session/check").await.status, 204);
+        }
+        if unavailable > 0 {
+            break;
+        }
+    }
+    assert!(unavailable > 0, "no page request met a killed connection");
+
+    // A protocol endpoint: each robot is new to the client cache, so its first request reads
+    // the database.
+    let mut unavailable = 0;
+    for robot in &robots {
+        kill_pg_connections(&db, &name).await;
+        let first = token(robot).await;
+        match first.status().as_u16() {
+            200 => {}
+            503 => {
+                unavailable += 1;
+                assert!(first.headers().contains_key("retry-after"));
+                let body: serde_json::Value = first.json().await.unwrap();
+                assert_eq!(body["error"], "temporarily_unavailable");
+            }
+            other => panic!("{other}: {}", first.text().await.unwrap()),
+        }
+        assert_eq!(token(robot).await.status(), 200);
+        if unavailable > 0 {
+            break;
+        }
+    }
+    assert!(unavailable > 0, "no token request met a killed connection");
+}

@@ -25,12 +25,25 @@ impl From<OAuthError> for JsonError {
 
 impl From<lanyard_core::StoreError> for JsonError {
     fn from(e: lanyard_core::StoreError) -> Self {
-        tracing::error!(error = %e, "store error at a protocol endpoint");
-        Self(OAuthError::new(
-            ErrorCode::ServerError,
-            "the server could not complete the request",
-        ))
+        Self(store_failure(&e))
     }
+}
+
+/// What a client is told when the store fails: `temporarily_unavailable` (503) when the
+/// database cannot be reached, `server_error` otherwise; the details go to the log only.
+pub(crate) fn store_failure(e: &lanyard_core::StoreError) -> OAuthError {
+    if let lanyard_core::StoreError::Unavailable(_) = e {
+        tracing::warn!(error = %e, "database unavailable at a protocol endpoint");
+        return OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the server cannot reach its database; try again shortly",
+        );
+    }
+    tracing::error!(error = %e, "store error at a protocol endpoint");
+    OAuthError::new(
+        ErrorCode::ServerError,
+        "the server could not complete the request",
+    )
 }
 
 impl IntoResponse for JsonError {
@@ -40,6 +53,7 @@ impl IntoResponse for JsonError {
             ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
             ErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         let body = serde_json::json!({
@@ -52,6 +66,10 @@ impl IntoResponse for JsonError {
             body.to_string(),
         )
             .into_response();
+        if self.0.code == ErrorCode::TemporarilyUnavailable {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if self.0.code == ErrorCode::InvalidClient {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -137,13 +155,7 @@ pub(crate) async fn authenticate(
         .clients
         .get(&*state.store, &ClientId::from_stored(id))
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "client lookup failed");
-            OAuthError::new(
-                ErrorCode::ServerError,
-                "the server could not complete the request",
-            )
-        })?;
+        .map_err(|e| store_failure(&e))?;
     let Some(client) = client else {
         return Err(invalid);
     };

@@ -164,6 +164,14 @@ async fn register(state: &AppState, meta: Metadata) -> Result<Response, Response
         .await
         .map_err(|e| match e {
             StoreError::Conflict(m) => bad(&m),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable while registering a client");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the server cannot reach its database; try again shortly",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "registering a client failed");
                 error(

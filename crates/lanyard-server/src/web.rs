@@ -33,12 +33,17 @@ pub(crate) enum PageError {
     #[error("the request is too large")]
     TooLarge,
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
 impl From<lanyard_core::StoreError> for PageError {
     fn from(e: lanyard_core::StoreError) -> Self {
-        Self::Internal(e.to_string())
+        match e {
+            lanyard_core::StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
+            _ => Self::Internal(e.to_string()),
+        }
     }
 }
 
@@ -71,6 +76,14 @@ impl IntoResponse for PageError {
                 format!("Too many sign-in attempts. Try again in {} seconds.", wait.as_secs().max(1)),
             ),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Too much data", "That request was too large.".to_owned()),
+            Self::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Lanyard is briefly unavailable",
+                    "Lanyard cannot reach its database just now. Try again in a moment.".to_owned(),
+                )
+            }
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 (
@@ -92,6 +105,11 @@ impl IntoResponse for PageError {
             && let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }
