@@ -756,12 +756,7 @@ async fn postgres_a_transaction_cancelled_midway_holds_no_lock_afterwards() {
     if !db.is_postgres() {
         return;
     }
-    let store = db.store().await;
-    let ada = new_user("ada", 100);
-    store
-        .create_user(&ada, &event(AuditKind::UserCreated, 100))
-        .await
-        .unwrap();
+    let (store, ada, _) = ada_and_wiki(&db).await;
     let lock_ada = "SELECT id FROM users WHERE id = $1 FOR UPDATE NOWAIT";
 
     // The test holds ada's row, so the store's sign-in waits inside its transaction, and is
